@@ -1,0 +1,158 @@
+"""Face square -> 40x40 grey crop -> normalised float, and landmarks both ways.
+
+This is the only crop code in the project: training (`train/pipeline.py`) calls these very
+functions, so what the model saw in training is what it sees on a camera. Numpy and OpenCV
+only.
+
+Coordinates: image points are in pixel-index coordinates (pixel (0, 0) is centred on 0, 0).
+A face square is (cx, cy, side, angle); crop units run 0..1 across it, x along the
+square's rotated x axis. Landmark targets and the landmark head's outputs are in crop units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from runtime.spec import CropPolicy, InputSpec
+
+# The first warp samples at most this many times the input size; an area resize then brings
+# it down. One bilinear warp straight to 40x40 would alias: a 200-pixel face would be
+# sampled at every fifth pixel and the crop would shimmer from frame to frame.
+_OVERSAMPLE = 4
+
+
+class ImageError(ValueError):
+    """An image this code cannot use (wrong shape, wrong dtype, empty)."""
+
+
+@dataclass(frozen=True)
+class Square:
+    """A face square in image pixels; `angle` in degrees turns the square's x axis clockwise
+    on screen (image y points down), so `angle` = the roll of the eye line."""
+
+    cx: float
+    cy: float
+    side: float
+    angle: float = 0.0
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.cx, self.cy, self.side, self.angle], dtype=np.float64)
+
+    def box(self) -> tuple[float, float, float, float]:
+        """Axis-aligned x, y, w, h (of the unrotated square)."""
+        return (self.cx - self.side / 2, self.cy - self.side / 2, self.side, self.side)
+
+
+def to_grey(image: np.ndarray, where: str = "image") -> np.ndarray:
+    """BGR, BGRA or grey uint8 -> grey uint8 (H, W). Anything else is a clear error."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"{where}: expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ImageError(f"{where}: expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        grey = image
+    elif image.ndim == 3 and image.shape[2] == 3:
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        grey = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    else:
+        raise ImageError(f"{where}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}")
+    if grey.shape[0] < 2 or grey.shape[1] < 2:
+        raise ImageError(f"{where}: image of {grey.shape[1]}x{grey.shape[0]} pixels is too small")
+    return np.ascontiguousarray(grey)
+
+
+def read_grey(path) -> np.ndarray:
+    """Read an image file as grey exactly as the runtime would: decode BGR, then `to_grey`."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"{path}: cannot read or decode image")
+    return to_grey(image, where=str(path))
+
+
+def canonical_square(points: np.ndarray, policy: CropPolicy, angle: float = 0.0) -> Square:
+    """The training framing of a face from its five landmarks (N.B. rotation-invariant size)."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    centre = p.mean(axis=0)
+    rms = math.sqrt(float(((p - centre) ** 2).sum(axis=1).mean()))
+    side = policy.scale * rms
+    # shift along the square's own y axis, so a rolled face is framed like an upright one
+    a = math.radians(angle)
+    cx = centre[0] - math.sin(a) * policy.shift_y * side
+    cy = centre[1] + math.cos(a) * policy.shift_y * side
+    return Square(float(cx), float(cy), float(side), float(angle))
+
+
+def eye_angle(points: np.ndarray) -> float:
+    """Roll of the eye line in degrees (image-left eye to image-right eye)."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    d = p[1] - p[0]
+    return math.degrees(math.atan2(d[1], d[0]))
+
+
+def crop_matrix(square: Square) -> np.ndarray:
+    """2x3 affine taking image pixel coordinates to crop units (0..1 across the square)."""
+    a = math.radians(square.angle)
+    c, s = math.cos(a), math.sin(a)
+    k = 1.0 / square.side
+    return np.array(
+        [
+            [c * k, s * k, 0.5 - k * (c * square.cx + s * square.cy)],
+            [-s * k, c * k, 0.5 - k * (-s * square.cx + c * square.cy)],
+        ]
+    )
+
+
+def to_crop(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Image pixels -> crop units, for (..., 2) points and a 2x3 `crop_matrix`."""
+    p = np.asarray(points, dtype=np.float64)
+    return p @ matrix[:, :2].T + matrix[:, 2]
+
+
+def to_image(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Crop units -> image pixels: the inverse of `to_crop`."""
+    inv = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
+    return np.asarray(points, dtype=np.float64) @ inv[:, :2].T + inv[:, 2]
+
+
+def crop(grey: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut `square` out of a grey image as a `size` x `size` float32 crop (pixel values).
+
+    Returns the crop and its `crop_matrix`. Parts of the square outside the image are filled
+    by replicating the border, so faces cut by the frame edge are padded, not dropped.
+    """
+    m = crop_matrix(square)
+    inter = int(min(max(round(square.side), size), _OVERSAMPLE * size))
+    # crop units u -> pixel index u * inter - 0.5 of the intermediate image
+    warp = m * inter
+    warp[:, 2] -= 0.5
+    patch = cv2.warpAffine(grey, warp, (inter, inter), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if inter != size:
+        patch = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+    return patch.astype(np.float32), m
+
+
+def normalize(patch: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Per-crop standardisation (see `InputSpec`) of one (H, W) or a batch (N, H, W) of crops."""
+    x = np.asarray(patch, dtype=np.float32)
+    axes = (-2, -1)
+    mean = x.mean(axis=axes, keepdims=True)
+    std = np.maximum(x.std(axis=axes, keepdims=True), spec.min_std)
+    return (x - mean) / std
+
+
+def prepare(grey: np.ndarray, squares: list[Square], spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Crops for every face of one image: (N, size, size, 1) model input and (N, 2, 3) matrices."""
+    n = len(squares)
+    batch = np.empty((n, spec.size, spec.size, 1), dtype=np.float32)
+    mats = np.empty((n, 2, 3), dtype=np.float64)
+    for i, sq in enumerate(squares):
+        patch, mats[i] = crop(grey, sq, spec.size)
+        batch[i, :, :, 0] = normalize(patch, spec)
+    return batch, mats

@@ -1,0 +1,303 @@
+"""The model contract, data only: what goes in, how a face is framed, what each head answers.
+
+One `ModelSpec` travels with every artifact (beside `model.keras`, inside TFLite metadata and
+ONNX `metadata_props`) and is the only thing the runtime trusts about a model file. It is
+shared by `train/`, `convert/` and `runtime/`, so it imports nothing but the standard library
+and numpy: a Raspberry Pi reads it without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+SPEC_VERSION = 1
+
+# MTFL order. Left/right as seen in the image (x of left_eye < x of right_eye on a frontal
+# face), which is also YuNet's order.
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+# A horizontal flip swaps the image-left and image-right points.
+LANDMARK_FLIP = (1, 0, 2, 4, 3)
+
+REGRESSION = "regression"
+CLASSIFICATION = "classification"
+
+
+class SpecError(ValueError):
+    """A spec that cannot describe a working model (bad JSON, unknown head, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The tensor a model takes: `size` x `size` x `channels`, float32, normalised.
+
+    `standardize` is per crop: (pixel - mean) / max(std, min_std). Per-crop statistics make
+    the model indifferent to exposure and camera gain, which vary far more between a webcam
+    and MTFL than anything else; `min_std` keeps a flat crop from amplifying sensor noise.
+    """
+
+    size: int = 40
+    channels: int = 1
+    normalization: str = "standardize"
+    min_std: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise SpecError(f"input size {self.size} is too small; use at least 8 pixels")
+        if self.channels != 1:
+            raise SpecError(f"only grey input (channels=1) is supported, got {self.channels}")
+        if self.normalization != "standardize":
+            raise SpecError(f"unknown normalization {self.normalization!r}; use 'standardize'")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, self.channels)
+
+
+@dataclass(frozen=True)
+class BoxCalibration:
+    """Maps a detector's box (x, y, w, h) to the square the model was trained on.
+
+    centre = box centre + (dx, dy) * w; side = scale * w. Measured per detector on MTFL
+    training images (`facemtl calibrate`), so every detector hands the model the framing
+    it learned, whatever that detector's own idea of a face box is.
+    """
+
+    dx: float = 0.0
+    dy: float = 0.0
+    scale: float = 1.0
+    faces: int = 0  # how many MTFL faces the fit used; 0 for a default, unmeasured mapping
+
+    def apply(self, box: np.ndarray) -> np.ndarray:
+        """(N, 4) x, y, w, h boxes -> (N, 3) cx, cy, side squares."""
+        box = np.asarray(box, dtype=np.float64).reshape(-1, 4)
+        w = box[:, 2]
+        cx = box[:, 0] + box[:, 2] / 2 + self.dx * w
+        cy = box[:, 1] + box[:, 3] / 2 + self.dy * w
+        return np.stack([cx, cy, self.scale * w], axis=1)
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    """How five landmarks define the face square the model sees (training and tracking).
+
+    side = `scale` x the RMS distance of the five points from their centroid; the centre is
+    the centroid moved down by `shift_y` x side. The RMS radius does not change with in-plane
+    rotation and changes little with yaw, unlike the inter-ocular distance, so profile faces
+    are framed like frontal ones. Detectors reach the same square through `calibrations`.
+    """
+
+    scale: float = 3.6
+    shift_y: float = 0.0
+    calibrations: Mapping[str, BoxCalibration] = field(default_factory=dict)
+
+    def calibration(self, detector: str) -> BoxCalibration:
+        try:
+            return self.calibrations[detector]
+        except KeyError:
+            known = ", ".join(sorted(self.calibrations)) or "none"
+            raise SpecError(
+                f"the model spec has no crop calibration for detector {detector!r} "
+                f"(calibrated: {known}); run `facemtl calibrate` for it"
+            ) from None
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One task: its name (the output name everywhere), kind, width, labels and tolerances.
+
+    Regression (landmarks): `units` = 2 x points, (x1, y1, ..., x5, y5) in crop units
+    (0..1 across the face square). Classification: `units` = len(labels) logits; the
+    label at index i is class i. `tolerance` is how far the head's metric may move after
+    conversion: NME points for regression, accuracy points for classes.
+    """
+
+    name: str
+    kind: str
+    units: int
+    labels: tuple[str, ...] = ()
+    loss_weight: float = 1.0
+    tolerance: float = 0.5
+    min_agreement: float = 0.98
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise SpecError(f"head name {self.name!r} must be a non-empty identifier")
+        if self.kind not in (REGRESSION, CLASSIFICATION):
+            raise SpecError(f"head {self.name!r}: kind must be {REGRESSION!r} or {CLASSIFICATION!r}")
+        if self.kind == CLASSIFICATION and len(self.labels) != self.units:
+            raise SpecError(
+                f"head {self.name!r}: {self.units} units but {len(self.labels)} labels; "
+                "a classification head needs one label per unit"
+            )
+        if self.kind == CLASSIFICATION and self.units < 2:
+            raise SpecError(f"head {self.name!r}: a classification head needs at least 2 classes")
+        if self.loss_weight < 0:
+            raise SpecError(f"head {self.name!r}: loss_weight must be >= 0, got {self.loss_weight}")
+        object.__setattr__(self, "labels", tuple(self.labels))
+
+    @property
+    def metric(self) -> str:
+        return "nme" if self.kind == REGRESSION else "accuracy"
+
+    def decode(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs (N, units) -> named predictions, like the Head API's `predictions()`.
+
+        regression: {"points": (N, units/2, 2) in crop units};
+        classification: {"probabilities": (N, C), "class_ids": (N,)}.
+        """
+        raw = np.asarray(raw, dtype=np.float32)
+        if raw.ndim == 1:
+            raw = raw[None]
+        if raw.ndim != 2 or raw.shape[1] != self.units:
+            raise SpecError(
+                f"head {self.name!r} expects outputs of shape (N, {self.units}), got {raw.shape}; "
+                "the model file and its spec disagree"
+            )
+        if self.kind == REGRESSION:
+            return {"points": raw.reshape(len(raw), -1, 2)}
+        z = raw - raw.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        return {"probabilities": p, "class_ids": p.argmax(axis=1)}
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine int8/uint8 quantization of one tensor: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+    dtype: str = "int8"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    input: InputSpec = field(default_factory=InputSpec)
+    crop: CropPolicy = field(default_factory=CropPolicy)
+    heads: tuple[HeadSpec, ...] = ()
+    landmark_names: tuple[str, ...] = LANDMARK_NAMES
+    trunk: str = ""
+    # Filled in by convert/ for integer files: "input" and one entry per head name.
+    quantization: Mapping[str, QuantParams] = field(default_factory=dict)
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(self.heads))
+        object.__setattr__(self, "landmark_names", tuple(self.landmark_names))
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise SpecError(f"head names must be unique, got {names}")
+        for h in self.heads:
+            if h.kind == REGRESSION and h.units != 2 * len(self.landmark_names):
+                raise SpecError(
+                    f"head {h.name!r} has {h.units} units but the spec names "
+                    f"{len(self.landmark_names)} landmarks (needs {2 * len(self.landmark_names)})"
+                )
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.heads)
+
+    def head(self, name: str) -> HeadSpec:
+        for h in self.heads:
+            if h.name == name:
+                return h
+        raise SpecError(f"no head named {name!r}; this model has {', '.join(self.head_names)}")
+
+    def select(self, names: list[str] | tuple[str, ...]) -> "ModelSpec":
+        """The same spec with only `names`, in the order given (`--heads landmarks,pose`)."""
+        return dataclasses.replace(self, heads=tuple(self.head(n) for n in names))
+
+    def replace(self, **changes: Any) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)
+
+    def with_weights(self, weights: Mapping[str, float]) -> "ModelSpec":
+        unknown = set(weights) - set(self.head_names)
+        if unknown:
+            raise SpecError(f"weights given for unknown heads {sorted(unknown)}; heads: {self.head_names}")
+        heads = tuple(dataclasses.replace(h, loss_weight=float(weights.get(h.name, h.loss_weight))) for h in self.heads)
+        return dataclasses.replace(self, heads=heads)
+
+    # --- JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        try:
+            version = int(d.get("version", SPEC_VERSION))
+            if version > SPEC_VERSION:
+                raise SpecError(f"spec version {version} is newer than this facemtl understands ({SPEC_VERSION}); upgrade facemtl")
+            crop = dict(d.get("crop", {}))
+            crop["calibrations"] = {k: BoxCalibration(**v) for k, v in crop.get("calibrations", {}).items()}
+            return cls(
+                input=InputSpec(**d.get("input", {})),
+                crop=CropPolicy(**crop),
+                heads=tuple(HeadSpec(**h) for h in d["heads"]),
+                landmark_names=tuple(d.get("landmark_names", LANDMARK_NAMES)),
+                trunk=d.get("trunk", ""),
+                quantization={k: QuantParams(**v) for k, v in d.get("quantization", {}).items()},
+                version=version,
+            )
+        except SpecError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpecError(f"not a facemtl model spec: {e}") from e
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "ModelSpec":
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SpecError(f"model spec is not valid JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise SpecError("model spec JSON must be an object")
+        return cls.from_dict(d)
+
+    def save(self, path) -> None:
+        from runtime.io import atomic_write_text
+
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path) -> "ModelSpec":
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+        except OSError as e:
+            raise SpecError(f"cannot read model spec {path}: {e.strerror}") from e
+        try:
+            return cls.from_json(text)
+        except SpecError as e:
+            raise SpecError(f"{path}: {e}") from e
+
+
+def default_heads() -> tuple[HeadSpec, ...]:
+    """The five MTFL tasks. Class index i is MTFL's attribute value i + 1."""
+    return (
+        HeadSpec("landmarks", REGRESSION, 10, loss_weight=1.0, tolerance=0.15,
+                 description="5 points, MTFL order, (x, y) in crop units"),
+        HeadSpec("gender", CLASSIFICATION, 2, ("male", "female"), loss_weight=0.1,
+                 description="apparent gender as annotated in MTFL"),
+        HeadSpec("smile", CLASSIFICATION, 2, ("smiling", "not_smiling"), loss_weight=0.1),
+        HeadSpec("glasses", CLASSIFICATION, 2, ("glasses", "no_glasses"), loss_weight=0.1),
+        HeadSpec("pose", CLASSIFICATION, 5, ("left_profile", "left", "frontal", "right", "right_profile"),
+                 loss_weight=0.1, description="head yaw in five bins, left/right as seen in the image"),
+    )
+
+
+# A flip mirrors yaw: class i becomes POSE_FLIP[i].
+POSE_FLIP = (4, 3, 2, 1, 0)
+
+
+def default_spec() -> ModelSpec:
+    return ModelSpec(heads=default_heads())

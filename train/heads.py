@@ -1,0 +1,198 @@
+"""The Head API on Keras 3: one head per task, built from its `HeadSpec`.
+
+A head owns everything after the shared features: its output layer (named after the head,
+so the name survives into every exported format), its loss, its metrics. `MultiHead` is
+named heads plus a weighted sum of their losses; Keras's `compile`/`fit` own optimisation.
+Decoding raw outputs into predictions lives in `runtime.spec.HeadSpec.decode` (numpy), so
+the runtime decodes exactly as evaluation does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import keras
+from keras import ops
+
+from runtime.spec import CLASSIFICATION, REGRESSION, HeadSpec, ModelSpec
+
+
+def _points(y, n_points: int):
+    return ops.reshape(y, (-1, n_points, 2))
+
+
+def _interocular(y_true, n_points: int, floor: float):
+    p = _points(y_true, n_points)
+    d = ops.sqrt(ops.sum(ops.square(p[:, 1] - p[:, 0]), axis=-1))
+    # A full profile has its eyes almost on top of each other; the floor (in crop units)
+    # keeps those faces from dominating the loss with near-zero denominators.
+    return ops.maximum(d, floor)
+
+
+@keras.saving.register_keras_serializable("facemtl")
+class LandmarkLoss(keras.losses.Loss):
+    """Mean point-to-point distance divided by the inter-ocular distance: the NME itself.
+
+    Training on the metric we report rather than on per-coordinate MSE matters at 40x40:
+    MSE spends its effort on the easy frontal faces and is dominated by outliers.
+    """
+
+    def __init__(self, n_points: int = 5, floor: float = 0.1, name: str = "landmark_nme", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.n_points = n_points
+        self.floor = floor
+
+    def call(self, y_true, y_pred):
+        err = ops.sqrt(ops.sum(ops.square(_points(y_true, self.n_points) - _points(y_pred, self.n_points)), axis=-1) + 1e-12)
+        return ops.mean(err, axis=-1) / _interocular(y_true, self.n_points, self.floor)
+
+    def get_config(self):
+        return {**super().get_config(), "n_points": self.n_points, "floor": self.floor}
+
+
+@keras.saving.register_keras_serializable("facemtl")
+class NME(keras.metrics.Mean):
+    """Normalised mean error in percent, as MTFL papers report it (no floor)."""
+
+    def __init__(self, n_points: int = 5, name: str = "nme", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.n_points = n_points
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        p_true, p_pred = _points(y_true, self.n_points), _points(y_pred, self.n_points)
+        err = ops.mean(ops.sqrt(ops.sum(ops.square(p_true - p_pred), axis=-1)), axis=-1)
+        iod = ops.sqrt(ops.sum(ops.square(p_true[:, 1] - p_true[:, 0]), axis=-1))
+        return super().update_state(100.0 * err / ops.maximum(iod, 1e-6), sample_weight=sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "n_points": self.n_points}
+
+
+@dataclass(frozen=True)
+class Head:
+    """Base: a spec in, a named output layer, a loss and metrics out."""
+
+    spec: HeadSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def output_layer(self) -> keras.layers.Layer:
+        # float32 even under mixed precision: exported outputs and losses stay exact
+        return keras.layers.Dense(self.spec.units, name=self.name, dtype="float32")
+
+    def __call__(self, features):
+        return self.output_layer()(features)
+
+    def loss(self) -> keras.losses.Loss:
+        raise NotImplementedError
+
+    def metrics(self) -> list[keras.metrics.Metric]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RegressionHead(Head):
+    """Landmarks: linear outputs in crop units; the loss is the NME (`LandmarkLoss`)."""
+
+    loss_name: str = "nme"
+
+    def loss(self):
+        n = self.spec.units // 2
+        if self.loss_name == "nme":
+            return LandmarkLoss(n_points=n)
+        if self.loss_name in ("mse", "mae", "huber"):
+            return keras.losses.get({"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}[self.loss_name])
+        raise ValueError(f"unknown landmark loss {self.loss_name!r}; use nme, mse, mae or huber")
+
+    def metrics(self):
+        return [NME(n_points=self.spec.units // 2)]
+
+
+@dataclass(frozen=True)
+class ClassificationHead(Head):
+    """Binary or multi-class: one logit per label, softmax cross-entropy on class ids."""
+
+    label_smoothing: float = 0.0
+
+    def loss(self):
+        if self.label_smoothing:
+            # Keras applies smoothing only to one-hot labels; the sparse form below is exact
+            return _SmoothedSparseCE(self.spec.units, self.label_smoothing)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def metrics(self):
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+
+@keras.saving.register_keras_serializable("facemtl")
+class _SmoothedSparseCE(keras.losses.Loss):
+    def __init__(self, classes: int = 2, smoothing: float = 0.1, name: str = "smoothed_ce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.classes, self.smoothing = classes, smoothing
+
+    def call(self, y_true, y_pred):
+        onehot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.classes)
+        return keras.losses.categorical_crossentropy(onehot, y_pred, from_logits=True, label_smoothing=self.smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "classes": self.classes, "smoothing": self.smoothing}
+
+
+def make_head(spec: HeadSpec, **options) -> Head:
+    if spec.kind == REGRESSION:
+        return RegressionHead(spec, **{k: v for k, v in options.items() if k == "loss_name"})
+    if spec.kind == CLASSIFICATION:
+        return ClassificationHead(spec, **{k: v for k, v in options.items() if k == "label_smoothing"})
+    raise ValueError(f"head {spec.name!r}: unknown kind {spec.kind!r}")
+
+
+class MultiHead:
+    """Named heads and the weights of their losses: what `compile` needs, keyed by head name.
+
+    Keras reports per-head metrics as `<head>_<metric>`; `metric_key` gives the
+    `head/metric` form used everywhere else (progress, reports, JSON).
+    """
+
+    def __init__(self, heads: list[Head], weights: Mapping[str, float] | None = None):
+        if not heads:
+            raise ValueError("MultiHead needs at least one head")
+        names = [h.name for h in heads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"head names must be unique, got {names}")
+        weights = dict(weights) if weights is not None else {h.name: h.spec.loss_weight for h in heads}
+        if set(weights) != set(names):
+            raise ValueError(
+                f"loss weights are for {sorted(weights)} but the heads are {sorted(names)}; "
+                "give exactly one weight per head (Suggested fix: --weights name=w,...)"
+            )
+        self.heads = {h.name: h for h in heads}
+        self.weights = weights
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, **options) -> "MultiHead":
+        return cls([make_head(h, **options) for h in spec.heads])
+
+    def outputs(self, features) -> dict:
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def compile_args(self) -> dict:
+        return {
+            "loss": {n: h.loss() for n, h in self.heads.items()},
+            "loss_weights": dict(self.weights),
+            "metrics": {n: h.metrics() for n, h in self.heads.items()},
+        }
+
+    @staticmethod
+    def metric_key(keras_key: str, head_names) -> str:
+        """`val_pose_accuracy` -> `val/pose/accuracy`; `pose_loss` -> `pose/loss`."""
+        prefix = ""
+        key = keras_key
+        if key.startswith("val_"):
+            prefix, key = "val/", key[4:]
+        for n in sorted(head_names, key=len, reverse=True):
+            if key.startswith(n + "_"):
+                return f"{prefix}{n}/{key[len(n) + 1:]}"
+        return prefix + key

@@ -1,0 +1,193 @@
+"""The MTFL annotation files and images, as shipped; no TensorFlow.
+
+Line format: `PATH x1..x5 y1..y5 gender smile glasses pose`, attributes 1-based. The files
+use Windows separators in `training.txt`, a leading space on every line after the first and
+a trailing blank line; all of that is accepted, anything else is an error naming the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.preprocess import ImageError, read_grey
+
+# MTFL attribute columns, in file order, and their class counts; index = value - 1.
+ATTRIBUTES = (("gender", 2), ("smile", 2), ("glasses", 2), ("pose", 5))
+SPLITS = {"training": "training.txt", "testing": "testing.txt"}
+DATA_ENV = "FACEMTL_DATA"
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation line; the message names file and line."""
+
+
+class DataError(ValueError):
+    """A data folder that cannot be used (missing files, unreadable images)."""
+
+
+@dataclass
+class Annotations:
+    """One split: N faces, paths relative to the data root."""
+
+    root: Path
+    paths: list[str]
+    points: np.ndarray  # (N, 5, 2) float32, image pixels
+    labels: dict[str, np.ndarray]  # attribute -> (N,) int32 class ids
+    lines: list[int] = field(default_factory=list)  # 1-based line numbers, for messages
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index) -> "Annotations":
+        index = np.asarray(index)
+        return Annotations(
+            root=self.root,
+            paths=[self.paths[i] for i in index],
+            points=self.points[index],
+            labels={k: v[index] for k, v in self.labels.items()},
+            lines=[self.lines[i] for i in index] if self.lines else [],
+            source=self.source,
+        )
+
+
+def default_data_dir() -> Path | None:
+    """`$FACEMTL_DATA`, else `../shared/data/mtfl` from the current folder, if it exists."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    p = Path.cwd().parent / "shared" / "data" / "mtfl"
+    return p if p.is_dir() else None
+
+
+def parse_line(text: str, where: str) -> tuple[str, np.ndarray, tuple[int, ...]] | None:
+    """One annotation line -> (relative path, (5, 2) points, 0-based attributes); None if blank."""
+    fields = text.split()
+    if not fields:
+        return None
+    if len(fields) != 15:
+        raise AnnotationError(f"{where}: expected 15 fields (path, 10 coordinates, 4 attributes), got {len(fields)}")
+    path = fields[0].replace("\\", "/")
+    try:
+        coords = np.array([float(v) for v in fields[1:11]], dtype=np.float64)
+    except ValueError:
+        raise AnnotationError(f"{where}: coordinates must be numbers, got {' '.join(fields[1:11])!r}") from None
+    if not np.all(np.isfinite(coords)):
+        raise AnnotationError(f"{where}: coordinates must be finite")
+    attrs = []
+    for (name, n), value in zip(ATTRIBUTES, fields[11:]):
+        try:
+            v = int(value)
+        except ValueError:
+            raise AnnotationError(f"{where}: {name} must be an integer 1..{n}, got {value!r}") from None
+        if not 1 <= v <= n:
+            raise AnnotationError(f"{where}: {name} must be 1..{n}, got {v}")
+        attrs.append(v - 1)
+    points = np.stack([coords[:5], coords[5:]], axis=1)
+    return path, points, tuple(attrs)
+
+
+def read_annotations(file: str | os.PathLike, root: str | os.PathLike | None = None) -> Annotations:
+    """Parse an MTFL annotation file; image paths are relative to `root` (default: its folder)."""
+    file = Path(file)
+    root = Path(root) if root is not None else file.parent
+    try:
+        raw = file.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {file}: {e.strerror}") from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{file}: not a text file ({e})") from e
+    paths, pts, attrs, lines = [], [], [], []
+    for i, line in enumerate(text.splitlines(), start=1):
+        rec = parse_line(line, f"{file}:{i}")
+        if rec is None:
+            continue
+        paths.append(rec[0])
+        pts.append(rec[1])
+        attrs.append(rec[2])
+        lines.append(i)
+    if not paths:
+        raise DataError(f"{file}: no annotations")
+    a = np.asarray(attrs, dtype=np.int32).reshape(-1, len(ATTRIBUTES))
+    return Annotations(
+        root=root,
+        paths=paths,
+        points=np.asarray(pts, dtype=np.float32),
+        labels={name: a[:, j] for j, (name, _) in enumerate(ATTRIBUTES)},
+        lines=lines,
+        source=str(file),
+    )
+
+
+def load_split(data_dir: str | os.PathLike, split: str) -> Annotations:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist; pass --data DIR or set ${DATA_ENV}")
+    file = data_dir / SPLITS[split]
+    if not file.is_file():
+        raise DataError(f"{data_dir} has no {SPLITS[split]}; is it the MTFL folder?")
+    return read_annotations(file, data_dir)
+
+
+def validation_mask(paths: list[str], fraction: float) -> np.ndarray:
+    """Deterministic split by a hash of each path: stable across runs, machines and file order."""
+    h = np.array([int.from_bytes(hashlib.sha1(p.encode()).digest()[:4], "big") for p in paths], dtype=np.float64)
+    return (h / 2**32) < fraction
+
+
+def split_train_val(ann: Annotations, val_fraction: float = 0.1) -> tuple[Annotations, Annotations]:
+    val = validation_mask(ann.paths, val_fraction)
+    return ann.subset(np.flatnonzero(~val)), ann.subset(np.flatnonzero(val))
+
+
+@dataclass
+class Images:
+    """Decoded grey images of a split, and what was skipped."""
+
+    annotations: Annotations
+    images: list[np.ndarray]
+    skipped: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_images(ann: Annotations, skip_bad: bool = False, workers: int = 4, progress: bool = False) -> Images:
+    """Decode every image (grey, via the runtime's own `read_grey`).
+
+    A missing or undecodable image is an error listing every such file, or with `skip_bad`
+    the face is dropped and counted.
+    """
+
+    def read(rel: str):
+        try:
+            return read_grey(ann.root / rel)
+        except ImageError as e:
+            return e
+
+    it = range(len(ann))
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(read, ann.paths)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(ann), desc=f"reading {Path(ann.source).name}", unit="img", leave=False)
+        results = list(results)
+    bad = [i for i in it if isinstance(results[i], Exception)]
+    if bad and not skip_bad:
+        listing = "\n".join(f"  {ann.source}:{ann.lines[i] if ann.lines else '?'}: {results[i]}" for i in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(f"{len(bad)} image(s) missing or undecodable (use --skip-bad to skip them):\n{listing}{more}")
+    bad_set = set(bad)
+    keep = [i for i in it if i not in bad_set]
+    return Images(ann.subset(keep), [results[i] for i in keep], [str(ann.root / ann.paths[i]) for i in bad])

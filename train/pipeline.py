@@ -1,0 +1,149 @@
+"""tf.data pipeline over MTFL: crops by the runtime's own code, augmentation, batches.
+
+Every crop, training or not, is cut by `runtime.preprocess.crop` and normalised by
+`runtime.preprocess.normalize` inside a `tf.numpy_function`, so the pipeline cannot drift
+from what the runtime does on a camera. Augmentation happens around those calls: the
+square is jittered before the crop (rotation, scale, shift: the errors of a detector), the
+pixels after it (brightness, contrast, gamma, blur, noise), then a flip of the crop that
+swaps left/right landmarks and mirrors the pose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from runtime.preprocess import Square, canonical_square, crop, normalize, to_crop
+from runtime.spec import LANDMARK_FLIP, POSE_FLIP, ModelSpec
+from train.mtfl import ATTRIBUTES, Images
+
+ATTRIBUTE_NAMES = tuple(name for name, _ in ATTRIBUTES)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random changes applied to each training face; zeros turn a change off."""
+
+    flip: float = 0.5        # probability of a horizontal flip
+    rotate: float = 18.0     # degrees, uniform in +-rotate
+    scale: float = 0.12      # log-uniform side factor in exp(+-scale)
+    shift: float = 0.08      # centre shift, uniform in +-shift x side on each axis
+    brightness: float = 40.0  # pixel levels, uniform in +-brightness
+    contrast: float = 0.5    # log-uniform factor in exp(+-contrast)
+    gamma: float = 0.4       # log-uniform exponent in exp(+-gamma), with probability 0.3
+    blur: float = 0.25       # probability of a Gaussian blur (sigma 0.4..1.2 crop pixels)
+    noise: float = 0.25      # probability of Gaussian noise (sigma up to 6 levels)
+
+    @classmethod
+    def none(cls) -> "Augment":
+        return cls(**{f.name: 0.0 for f in dataclasses.fields(cls)})
+
+
+def jitter_square(points: np.ndarray, spec: ModelSpec, aug: Augment, rng: np.random.Generator) -> Square:
+    sq = canonical_square(points, spec.crop)
+    side = sq.side * float(np.exp(rng.uniform(-aug.scale, aug.scale))) if aug.scale else sq.side
+    dx, dy = (rng.uniform(-aug.shift, aug.shift, 2) * sq.side) if aug.shift else (0.0, 0.0)
+    angle = float(rng.uniform(-aug.rotate, aug.rotate)) if aug.rotate else 0.0
+    return Square(sq.cx + dx, sq.cy + dy, side, angle)
+
+
+def photometric(patch: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+    """Pixel-level changes on a crop of 0..255 values; clipping keeps them a real image's."""
+    import cv2
+
+    x = patch
+    if aug.contrast or aug.brightness:
+        c = float(np.exp(rng.uniform(-aug.contrast, aug.contrast)))
+        b = float(rng.uniform(-aug.brightness, aug.brightness))
+        x = np.clip((x - 128.0) * c + 128.0 + b, 0.0, 255.0)
+    if aug.gamma and rng.random() < 0.3:
+        g = float(np.exp(rng.uniform(-aug.gamma, aug.gamma)))
+        x = 255.0 * (x / 255.0) ** g
+    if aug.blur and rng.random() < aug.blur:
+        x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(0.4, 1.2)))
+    if aug.noise and rng.random() < aug.noise:
+        x = np.clip(x + rng.normal(0.0, rng.uniform(1.0, 6.0), x.shape), 0.0, 255.0)
+    return x.astype(np.float32)
+
+
+def make_example(grey: np.ndarray, points: np.ndarray, attrs: np.ndarray, spec: ModelSpec,
+                 aug: Augment | None, rng: np.random.Generator | None):
+    """One face -> (normalised crop (S, S), landmark target (10,), attributes (4,)).
+
+    With `aug=None` this is exactly the runtime's `prepare` for the canonical square.
+    """
+    size = spec.input.size
+    if aug is None:
+        square = canonical_square(points, spec.crop)
+    else:
+        square = jitter_square(points, spec, aug, rng)
+    patch, m = crop(grey, square, size)
+    target = to_crop(points, m)
+    attrs = attrs.copy()
+    if aug is not None:
+        patch = photometric(patch, aug, rng)
+        if aug.flip and rng.random() < aug.flip:
+            patch = patch[:, ::-1]
+            target = target[list(LANDMARK_FLIP)]
+            target[:, 0] = 1.0 - target[:, 0]
+            attrs[ATTRIBUTE_NAMES.index("pose")] = POSE_FLIP[attrs[ATTRIBUTE_NAMES.index("pose")]]
+    return normalize(patch, spec.input), target.reshape(-1).astype(np.float32), attrs
+
+
+class FaceSource:
+    """Decoded images and labels of one split, cut into model inputs by index batches."""
+
+    def __init__(self, data: Images, spec: ModelSpec, augment: Augment | None, seed: int = 0):
+        self.images = data.images
+        self.points = data.annotations.points
+        self.attrs = np.stack([data.annotations.labels[n] for n in ATTRIBUTE_NAMES], axis=1).astype(np.int32)
+        self.spec = spec
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index: np.ndarray, draw: np.ndarray):
+        """numpy side of the pipeline: `draw` seeds each face's augmentation (deterministic)."""
+        n, s = len(index), self.spec.input.size
+        x = np.empty((n, s, s, 1), np.float32)
+        y = np.empty((n, 2 * len(self.spec.landmark_names)), np.float32)
+        a = np.empty((n, len(ATTRIBUTE_NAMES)), np.int32)
+        for j, (i, d) in enumerate(zip(index, draw)):
+            rng = np.random.default_rng([self.seed, int(d)]) if self.augment is not None else None
+            x[j, :, :, 0], y[j], a[j] = make_example(self.images[i], self.points[i], self.attrs[i], self.spec, self.augment, rng)
+        return x, y, a
+
+
+def make_dataset(source: FaceSource, batch_size: int, shuffle: bool, seed: int = 0, cache: bool = False) -> tf.data.Dataset:
+    """(image, {head name: target}) batches for `fit`; only the spec's heads get targets."""
+    spec = source.spec
+    n = len(source)
+    size = spec.input.size
+    npts = 2 * len(spec.landmark_names)
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    # a fresh random draw per face and epoch: different augmentation every epoch, yet the
+    # same sequence for the same seed
+    draws = tf.data.Dataset.random(seed=seed).map(lambda v: v % (2**31))
+    ds = tf.data.Dataset.zip(ds, draws).batch(batch_size)
+
+    def load(index, draw):
+        x, y, a = tf.numpy_function(source.batch, [index, draw], [tf.float32, tf.float32, tf.int32], stateful=False)
+        x.set_shape([None, size, size, 1])
+        y.set_shape([None, npts])
+        a.set_shape([None, len(ATTRIBUTE_NAMES)])
+        targets = {}
+        for h in spec.heads:
+            targets[h.name] = y if h.kind == "regression" else a[:, ATTRIBUTE_NAMES.index(h.name)]
+        return x, targets
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    return ds.prefetch(tf.data.AUTOTUNE)
