@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 # runtime subcommands: module path -> registration function name
 _BUILTIN = (
     ("runtime.commands", "register_predict"),
+    ("runtime.commands", "register_calibrate"),
     ("runtime.commands", "register_demo"),
 )
 
@@ -34,9 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     registrars = []
     for module, name in _BUILTIN:
         try:
-            registrars.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise  # runtime's own module is there but broken: show the real error
+            continue  # the module is not written yet
+        registrars.append(getattr(mod, name))
     for ep in sorted(entry_points(group="facemtl.commands"), key=lambda e: e.name):
         try:
             registrars.append(ep.load())
@@ -65,4 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m runtime.cli`: run the imported module's main, so that subcommands raising
+    # runtime.cli.CommandError are caught by the same class
+    from runtime.cli import main as _main
+
+    sys.exit(_main())

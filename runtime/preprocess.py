@@ -89,6 +89,19 @@ def canonical_square(points: np.ndarray, policy: CropPolicy, angle: float = 0.0)
     return Square(float(cx), float(cy), float(side), float(angle))
 
 
+def image_square(shape: tuple[int, ...]) -> Square:
+    """The square centred on the whole image that just contains it (crop mode "image")."""
+    h, w = shape[:2]
+    return Square((w - 1) / 2, (h - 1) / 2, float(max(w, h)))
+
+
+def face_square(grey: np.ndarray, points: np.ndarray, policy: CropPolicy) -> Square:
+    """The square a face is cut from under `policy`, given its (annotated) landmarks."""
+    if policy.mode == "image":
+        return image_square(grey.shape)
+    return canonical_square(points, policy)
+
+
 def eye_angle(points: np.ndarray) -> float:
     """Roll of the eye line in degrees (image-left eye to image-right eye)."""
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)

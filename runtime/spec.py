@@ -94,6 +94,15 @@ class CropPolicy:
     scale: float = 3.6
     shift_y: float = 0.0
     calibrations: Mapping[str, BoxCalibration] = field(default_factory=dict)
+    # "landmarks": the square above. "image": the whole image is the face (the original blog's
+    # recipe, kept to measure against; it trains on one framing and meets another at test time).
+    mode: str = "landmarks"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("landmarks", "image"):
+            raise SpecError(f"unknown crop mode {self.mode!r}; use 'landmarks' or 'image'")
+        if self.scale <= 0:
+            raise SpecError(f"crop scale must be positive, got {self.scale}")
 
     def calibration(self, detector: str) -> BoxCalibration:
         try:

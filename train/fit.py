@@ -21,38 +21,12 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.io import atomic_path, atomic_write_text
 from runtime.spec import ModelSpec, default_spec
-from train.trunks import DEFAULT_TRUNK
-
-
-@dataclass
-class TrainConfig:
-    data: Path
-    out: Path
-    epochs: int = 60
-    batch_size: int = 64
-    heads: tuple[str, ...] = ()            # empty: every head of the default spec
-    weights: dict[str, float] = field(default_factory=dict)
-    trunk: str = DEFAULT_TRUNK
-    width: int = 32
-    dropout: float = 0.2
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.1
-    seed: int = 0
-    augment: bool = True
-    skip_bad: bool = False
-    resume: bool = False
-    strategy: str = "default"
-    monitor: str = "val_loss"
-    landmark_loss: str = "nme"
-    label_smoothing: float = 0.0
-    limit: int = 0                         # use only the first N training faces (smoke runs)
-    verbose: int = 1
+from train.config import TrainConfig
 
 
 @dataclass
@@ -90,7 +64,27 @@ def run_spec(cfg: TrainConfig) -> ModelSpec:
         spec = spec.select(cfg.heads)
     if cfg.weights:
         spec = spec.with_weights(cfg.weights)
+    if cfg.crop != spec.crop.mode:
+        spec = spec.replace(crop=dataclasses.replace(spec.crop, mode=cfg.crop))
     return spec.replace(trunk=cfg.trunk)
+
+
+def class_priors(ann, spec: ModelSpec) -> dict[str, tuple[float, ...]]:
+    """Training class frequencies per classification head, flips included: a flip mirrors the
+    pose label, so pose is counted as if half the faces were mirrored."""
+    import numpy as np
+
+    from runtime.spec import POSE_FLIP
+
+    priors = {}
+    for h in spec.heads:
+        if h.kind != "classification":
+            continue
+        counts = np.bincount(ann.labels[h.name], minlength=h.units).astype(float)
+        if h.name == "pose":
+            counts = 0.5 * (counts + counts[list(POSE_FLIP)])
+        priors[h.name] = tuple(float(v) for v in np.maximum(counts, 1) / counts.sum())
+    return priors
 
 
 def _best_so_far(history: Path, monitor: str) -> tuple[float, int]:
@@ -154,7 +148,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             cfg.learning_rate * 0.1, decay_steps=max(1, steps * cfg.epochs - steps), warmup_target=cfg.learning_rate,
             warmup_steps=steps, alpha=0.01)
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
-        heads = MultiHead.from_spec(spec, loss_name=cfg.landmark_loss, label_smoothing=cfg.label_smoothing)
+        heads = MultiHead.from_spec(spec, loss_name=cfg.landmark_loss, label_smoothing=cfg.label_smoothing,
+                                    priors=class_priors(tr.annotations, spec) if cfg.balance else None)
         model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args())
 
     best_value, best_epoch = _best_so_far(out / "history.csv", cfg.monitor)

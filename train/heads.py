@@ -113,14 +113,20 @@ class RegressionHead(Head):
 
 @dataclass(frozen=True)
 class ClassificationHead(Head):
-    """Binary or multi-class: one logit per label, softmax cross-entropy on class ids."""
+    """Binary or multi-class: one logit per label, softmax cross-entropy on class ids.
+
+    With `prior` (the training set's class frequencies) the loss is logit-adjusted
+    (Menon et al., ICLR 2021): cross-entropy of logits + log(prior). The raw logits then
+    estimate the class-balanced posterior, so the argmax is not pulled toward the training
+    set's majority class (58% male, 74% frontal pose in MTFL's training.txt).
+    """
 
     label_smoothing: float = 0.0
+    prior: tuple[float, ...] | None = None
 
     def loss(self):
-        if self.label_smoothing:
-            # Keras applies smoothing only to one-hot labels; the sparse form below is exact
-            return _SmoothedSparseCE(self.spec.units, self.label_smoothing)
+        if self.prior is not None or self.label_smoothing:
+            return AdjustedCE(self.spec.units, self.label_smoothing, list(self.prior) if self.prior else None)
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def metrics(self):
@@ -128,24 +134,31 @@ class ClassificationHead(Head):
 
 
 @keras.saving.register_keras_serializable("facemtl")
-class _SmoothedSparseCE(keras.losses.Loss):
-    def __init__(self, classes: int = 2, smoothing: float = 0.1, name: str = "smoothed_ce", **kwargs):
+class AdjustedCE(keras.losses.Loss):
+    """Sparse softmax cross-entropy with optional label smoothing and logit adjustment."""
+
+    def __init__(self, classes: int = 2, smoothing: float = 0.0, prior=None, name: str = "adjusted_ce", **kwargs):
         super().__init__(name=name, **kwargs)
         self.classes, self.smoothing = classes, smoothing
+        self.prior = list(prior) if prior is not None else None
 
     def call(self, y_true, y_pred):
         onehot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.classes)
+        if self.prior is not None:
+            y_pred = y_pred + ops.log(ops.convert_to_tensor(self.prior, dtype=y_pred.dtype))
         return keras.losses.categorical_crossentropy(onehot, y_pred, from_logits=True, label_smoothing=self.smoothing)
 
     def get_config(self):
-        return {**super().get_config(), "classes": self.classes, "smoothing": self.smoothing}
+        return {**super().get_config(), "classes": self.classes, "smoothing": self.smoothing, "prior": self.prior}
 
 
-def make_head(spec: HeadSpec, **options) -> Head:
+def make_head(spec: HeadSpec, loss_name: str = "nme", label_smoothing: float = 0.0,
+              priors: Mapping[str, tuple[float, ...]] | None = None) -> Head:
     if spec.kind == REGRESSION:
-        return RegressionHead(spec, **{k: v for k, v in options.items() if k == "loss_name"})
+        return RegressionHead(spec, loss_name=loss_name)
     if spec.kind == CLASSIFICATION:
-        return ClassificationHead(spec, **{k: v for k, v in options.items() if k == "label_smoothing"})
+        prior = tuple(priors[spec.name]) if priors and spec.name in priors else None
+        return ClassificationHead(spec, label_smoothing=label_smoothing, prior=prior)
     raise ValueError(f"head {spec.name!r}: unknown kind {spec.kind!r}")
 
 

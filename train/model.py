@@ -13,7 +13,8 @@ import keras
 
 from runtime.spec import ModelSpec
 from train.heads import MultiHead
-from train.trunks import DEFAULT_TRUNK, build_trunk
+from train.config import DEFAULT_TRUNK
+from train.trunks import build_trunk
 
 
 @keras.saving.register_keras_serializable("facemtl")

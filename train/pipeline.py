@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from runtime.preprocess import Square, canonical_square, crop, normalize, to_crop
+from runtime.preprocess import Square, crop, face_square, normalize, to_crop
 from runtime.spec import LANDMARK_FLIP, POSE_FLIP, ModelSpec
 from train.mtfl import ATTRIBUTES, Images
 
@@ -42,8 +42,8 @@ class Augment:
         return cls(**{f.name: 0.0 for f in dataclasses.fields(cls)})
 
 
-def jitter_square(points: np.ndarray, spec: ModelSpec, aug: Augment, rng: np.random.Generator) -> Square:
-    sq = canonical_square(points, spec.crop)
+def jitter_square(grey: np.ndarray, points: np.ndarray, spec: ModelSpec, aug: Augment, rng: np.random.Generator) -> Square:
+    sq = face_square(grey, points, spec.crop)
     side = sq.side * float(np.exp(rng.uniform(-aug.scale, aug.scale))) if aug.scale else sq.side
     dx, dy = (rng.uniform(-aug.shift, aug.shift, 2) * sq.side) if aug.shift else (0.0, 0.0)
     angle = float(rng.uniform(-aug.rotate, aug.rotate)) if aug.rotate else 0.0
@@ -77,9 +77,9 @@ def make_example(grey: np.ndarray, points: np.ndarray, attrs: np.ndarray, spec: 
     """
     size = spec.input.size
     if aug is None:
-        square = canonical_square(points, spec.crop)
+        square = face_square(grey, points, spec.crop)
     else:
-        square = jitter_square(points, spec, aug, rng)
+        square = jitter_square(grey, points, spec, aug, rng)
     patch, m = crop(grey, square, size)
     target = to_crop(points, m)
     attrs = attrs.copy()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from train.config import DEFAULT_TRUNK  # noqa: F401  (re-exported)
+
 
 @keras.saving.register_keras_serializable("facemtl")
 class Abs(layers.Layer):
@@ -75,7 +77,6 @@ def mtfl(x, width: int = 32, dropout: float = 0.2):
 
 
 TRUNKS = {"tcdcn": tcdcn, "mtfl": mtfl}
-DEFAULT_TRUNK = "mtfl"
 
 
 def build_trunk(name: str, x, **options):

@@ -1,0 +1,185 @@
+"""The Keras side: config round trip, safe-mode loading, a tiny train -> export -> load ->
+evaluate run on data the tests make, resume after SIGKILL, the mirrored strategy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from runtime.spec import default_spec  # noqa: E402
+from train.heads import MultiHead, make_head  # noqa: E402
+from train.model import FaceMTL, ModelFileError, build_model, load_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("trunk", ["mtfl", "tcdcn"])
+def test_keras_config_round_trip(trunk):
+    model = build_model(default_spec(), trunk=trunk, width=8)
+    config = model.get_config()
+    again = FaceMTL.from_config(config)
+    assert again.get_config() == config
+    assert list(model.output.keys() if isinstance(model.output, dict) else model.output_names) == list(default_spec().head_names)
+    assert again.count_params() == model.count_params()
+
+
+def test_outputs_are_named_after_the_heads():
+    spec = default_spec().select(["landmarks", "pose"])
+    model = build_model(spec, width=8)
+    out = model(np.zeros((2, 40, 40, 1), np.float32))
+    assert set(out) == {"landmarks", "pose"}
+    assert out["landmarks"].shape == (2, 10) and out["pose"].shape == (2, 5)
+    assert model.get_layer("pose").units == 5
+
+
+def test_multihead_refuses_wrong_weights():
+    heads = [make_head(h) for h in default_spec().heads]
+    with pytest.raises(ValueError, match="one weight per head"):
+        MultiHead(heads, weights={"landmarks": 1.0})
+    mh = MultiHead(heads)
+    assert mh.compile_args()["loss_weights"]["landmarks"] == 1.0
+    assert MultiHead.metric_key("val_pose_accuracy", mh.heads) == "val/pose/accuracy"
+    assert MultiHead.metric_key("landmarks_nme", mh.heads) == "landmarks/nme"
+
+
+def test_landmark_loss_is_the_nme():
+    from train.heads import NME, LandmarkLoss
+
+    true = np.array([[0.3, 0.4, 0.7, 0.4, 0.5, 0.6, 0.35, 0.75, 0.65, 0.75]], np.float32)
+    pred = true + np.array([[0.04, 0, 0, 0, 0, 0, 0, 0, 0, 0]], np.float32)
+    # one of five points off by 0.04, inter-ocular distance 0.4: 0.04 / 5 / 0.4 = 2%
+    assert float(LandmarkLoss()(true, pred)) == pytest.approx(0.02, rel=1e-3)
+    m = NME()
+    m.update_state(true, pred)
+    assert float(m.result()) == pytest.approx(2.0, rel=1e-3)
+
+
+def facemtl(*args, **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, **kw)
+
+
+@pytest.mark.slow
+def test_tiny_train_export_load_evaluate(tiny_mtfl, tmp_path):
+    from train.evaluate import evaluate, keras_predictor
+    from train.fit import TrainConfig, train
+
+    run = tmp_path / "run"
+    res = train(TrainConfig(data=tiny_mtfl, out=run, epochs=3, batch_size=32, width=8, verbose=0))
+    assert res.model_path.exists() and res.spec_path.exists()
+    assert {"backup", "logs", "history.csv", "best.weights.h5", "train.json"} <= {p.name for p in run.iterdir()}
+    assert not [p for p in run.iterdir() if p.name.startswith(".")], "no temporary files left behind"
+    model = load_model(res.model_path)  # safe_mode=True inside
+    x = np.random.default_rng(0).normal(size=(4, 40, 40, 1)).astype(np.float32)
+    best = build_model(default_spec(), width=8)
+    best.load_weights(run / "best.weights.h5")
+    for k, v in best(x, training=False).items():
+        np.testing.assert_allclose(model(x, training=False)[k], v, atol=1e-6)
+    summary = json.loads((run / "train.json").read_text())
+    assert 1 <= summary["best_epoch"] <= 3 and "val/landmarks/nme" in summary["val"]
+
+    report = evaluate(keras_predictor(model), model.model_spec, tiny_mtfl, "testing", plots=tmp_path / "plots",
+                      progress=False)
+    assert report.faces == 40
+    assert set(report.heads) == set(default_spec().head_names)
+    lm = report.heads["landmarks"]
+    assert np.isfinite(lm["nme"]) and 0 <= lm["failure_rate"] <= 100 and 0 <= lm["auc10"] <= 1
+    assert sum(map(sum, report.heads["pose"]["confusion"])) == 40
+    assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"landmarks_ced.png", "faces.png", "pose_confusion.png"}
+
+
+@pytest.mark.slow
+def test_cli_train_subset_of_heads_and_evaluate_json(tiny_mtfl, tmp_path):
+    run = tmp_path / "run"
+    r = facemtl("train", "--data", tiny_mtfl, "--out", run, "--epochs", 1, "--width", 8, "--heads", "landmarks,pose",
+                "--calibrate", "")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "spec.json").read_text())["heads"][1]["name"] == "pose"
+    r = facemtl("evaluate", run / "model.keras", "--data", tiny_mtfl, "--json", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert set(got["heads"]) == {"landmarks", "pose"} and got["faces"] == 40
+    # an existing run is not overwritten by accident
+    r = facemtl("train", "--data", tiny_mtfl, "--out", run, "--epochs", 1, "--width", 8)
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    r = facemtl("evaluate", bad, "--data", tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and str(bad) in r.stderr
+    r = facemtl("train", "--data", tmp_path / "missing", "--out", tmp_path / "run")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_load_model_refuses_non_models(tmp_path):
+    with pytest.raises(ModelFileError, match="no such file"):
+        load_model(tmp_path / "missing.keras")
+    p = tmp_path / "x.onnx"
+    p.write_bytes(b"\0")
+    with pytest.raises(ModelFileError, match="expected a .keras"):
+        load_model(p)
+
+
+def _epochs_done(history: Path) -> list[int]:
+    if not history.exists():
+        return []
+    with open(history, newline="") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_loses_at_most_one_epoch(tiny_mtfl, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "runtime.cli", "train", "--data", str(tiny_mtfl), "--out", str(run),
+            "--epochs", "12", "--width", "8", "--batch-size", "16", "--calibrate", ""]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(_epochs_done(run / "history.csv")) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _epochs_done(run / "history.csv")
+    assert len(done) >= 3, "training did not get far enough before the deadline"
+    assert not (run / "model.keras").exists()
+    r = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    epochs = _epochs_done(run / "history.csv")
+    assert epochs[-1] == 11
+    # the resumed run starts at most one epoch before the last one logged before the kill
+    resumed_from = epochs[len(done)]
+    assert resumed_from >= done[-1], (done, epochs)
+    assert (run / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_one_device(tiny_mtfl, tmp_path):
+    from train.fit import TrainConfig, train
+
+    res = train(TrainConfig(data=tiny_mtfl, out=tmp_path / "run", epochs=1, batch_size=32, width=8, verbose=0,
+                            strategy="mirrored"))
+    assert res.model_path.exists()
+    assert np.isfinite(res.val_metrics["val/loss"])
+
+
+def test_multiworker_needs_a_cluster(monkeypatch):
+    from train.fit import RunError, make_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(RunError, match="TF_CONFIG"):
+        make_strategy("multiworker")

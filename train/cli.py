@@ -1,0 +1,152 @@
+"""`facemtl train` and `facemtl evaluate`: parse, dispatch, nothing more.
+
+Registered through the `facemtl.commands` entry points; TensorFlow is imported only when
+one of these commands actually runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.cli import CommandError
+
+
+def _data_dir(value: str | None) -> Path:
+    from train.mtfl import default_data_dir
+
+    d = Path(value) if value else default_data_dir()
+    if d is None:
+        raise CommandError("no data folder: pass --data DIR (the MTFL folder) or set $FACEMTL_DATA")
+    return d
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _weights(text: str) -> dict[str, float]:
+    out = {}
+    for part in _names(text):
+        name, sep, value = part.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected name=weight, got {part!r}") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected name=weight, got {part!r}")
+    return out
+
+
+def _quiet_tensorflow() -> None:
+    from train.quiet import import_tensorflow
+
+    import_tensorflow()
+
+
+def register_train(sub) -> None:
+    from train.config import TrainConfig
+
+    d = TrainConfig(data=Path("."), out=Path("."))
+    p = sub.add_parser("train", help="train the multi-task model on MTFL",
+                       description="Train all heads jointly on MTFL training.txt (a deterministic part held out for validation); "
+                                   "exports the best validation epoch as RUN_DIR/model.keras with spec.json beside it.")
+    p.add_argument("--data", help="MTFL folder (default: $FACEMTL_DATA or ../shared/data/mtfl)")
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, model.keras)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--heads", type=_names, default=(), help="comma list of heads (default: all: landmarks,gender,smile,glasses,pose)")
+    p.add_argument("--weights", type=_weights, default={}, help="loss weights, e.g. landmarks=1,pose=0.5")
+    p.add_argument("--trunk", default=d.trunk, help="mtfl (default) or tcdcn (the published TCDCN trunk)")
+    p.add_argument("--width", type=int, default=d.width, help="trunk width (mtfl)")
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--landmark-loss", default=d.landmark_loss, choices=["nme", "mse", "mae", "huber"])
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--crop", default="landmarks", choices=["landmarks", "image"],
+                   help="face framing: landmarks (default) or image (whole image resized: the original blog's recipe)")
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="plain cross-entropy instead of logit adjustment by the training class frequencies")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="train on plain canonical crops")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) missing or undecodable images")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    p.add_argument("--strategy", default=d.strategy, choices=["default", "mirrored", "multiworker"],
+                   help="tf.distribute strategy (multiworker reads TF_CONFIG)")
+    p.add_argument("--monitor", default=d.monitor, help="validation metric that picks the best epoch (lower is better)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N faces of training.txt (smoke runs)")
+    p.add_argument("--calibrate", default="haar", help="detectors to calibrate after training (comma list; '' for none)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    _quiet_tensorflow()
+    from train.config import TrainConfig
+    from train.fit import RunError, train
+    from train.mtfl import AnnotationError, DataError
+
+    cfg = TrainConfig(
+        data=_data_dir(args.data), out=args.out, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
+        weights=args.weights, trunk=args.trunk, width=args.width, dropout=args.dropout,
+        learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
+        augment=args.augment, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
+        monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing, balance=args.balance, crop=args.crop,
+        limit=args.limit,
+    )
+    try:
+        result = train(cfg)
+    except (RunError, DataError, AnnotationError, ValueError) as e:
+        raise CommandError(str(e)) from e
+    print(f"best epoch {result.best_epoch}; model: {result.model_path}; spec: {result.spec_path}; "
+          f"{result.seconds / 60:.1f} min")
+    if args.calibrate:
+        _calibrate_after_training(result.spec_path, cfg.data, args.calibrate)
+    return 0
+
+
+def _calibrate_after_training(spec_path: Path, data: Path, detectors: str) -> None:
+    try:
+        from runtime.calibration import calibrate_spec_file
+    except ImportError:
+        print("note: detector calibration is not available in this install; run `facemtl calibrate` later",
+              file=sys.stderr)
+        return
+    calibrate_spec_file(spec_path, data, _names(detectors))
+
+
+def register_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="per-head metrics of a model on an MTFL split",
+                       description="Landmarks: NME (mean, per landmark), failure rate, AUC of the cumulative error curve to 10%%; "
+                                   "attributes: accuracy, balanced accuracy, confusion matrix.")
+    p.add_argument("model", type=Path, help="model.keras (spec.json beside it is used if present)")
+    p.add_argument("--data", help="MTFL folder (default: $FACEMTL_DATA or ../shared/data/mtfl)")
+    p.add_argument("--split", default="testing", choices=["testing", "validation", "training"],
+                   help="testing (the benchmark, default), validation (held out of training.txt), training")
+    p.add_argument("--json", type=Path, help="write the metrics as JSON here")
+    p.add_argument("--plots", type=Path, help="write PNG plots into this folder")
+    p.add_argument("--skip-bad", action="store_true")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    _quiet_tensorflow()
+    from runtime.spec import ModelSpec, SpecError
+    from train.evaluate import evaluate, keras_predictor, write_json
+    from train.model import ModelFileError, load_model
+    from train.mtfl import AnnotationError, DataError
+
+    try:
+        model = load_model(args.model)
+        spec_file = args.model.with_name("spec.json")
+        spec = ModelSpec.load(spec_file) if spec_file.exists() else model.model_spec
+        report = evaluate(keras_predictor(model), spec, _data_dir(args.data), args.split, skip_bad=args.skip_bad,
+                          plots=args.plots, progress=sys.stderr.isatty())
+    except (ModelFileError, SpecError, DataError, AnnotationError) as e:
+        raise CommandError(str(e)) from e
+    print(report.summary())
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0

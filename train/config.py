@@ -1,0 +1,36 @@
+"""Training configuration: plain data, importable without TensorFlow (the CLI parses with it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_TRUNK = "mtfl"
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    epochs: int = 60
+    batch_size: int = 64
+    heads: tuple[str, ...] = ()            # empty: every head of the default spec
+    weights: dict[str, float] = field(default_factory=dict)
+    trunk: str = DEFAULT_TRUNK
+    width: int = 32
+    dropout: float = 0.2
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    augment: bool = True
+    skip_bad: bool = False
+    resume: bool = False
+    strategy: str = "default"
+    monitor: str = "val_loss"
+    landmark_loss: str = "nme"
+    label_smoothing: float = 0.0
+    balance: bool = True                   # logit-adjusted class losses (see ClassificationHead)
+    crop: str = "landmarks"                # or "image": the blog's whole-image recipe, for comparison
+    limit: int = 0                         # use only the first N training faces (smoke runs)
+    verbose: int = 1

@@ -1,0 +1,124 @@
+"""Per-head evaluation on an MTFL split: `facemtl evaluate`.
+
+Faces are cropped by the documented crop policy: the canonical square of the annotated
+landmarks (`runtime.preprocess.canonical_square`), exactly as validation crops are cut in
+training. Landmarks are decoded back to pixels of the original image and scored there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from runtime.preprocess import crop, face_square, normalize, to_image
+from runtime.spec import REGRESSION, ModelSpec
+from train.metrics import class_metrics, landmark_metrics, nme_per_face
+from train.mtfl import Images, load_images, load_split, split_train_val
+
+Predictor = Callable[[np.ndarray], dict]  # (N, S, S, 1) normalised crops -> {head: (N, units)}
+
+
+@dataclass
+class EvalReport:
+    split: str
+    faces: int
+    crop: str
+    heads: dict[str, dict]
+    seconds: float
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"split": self.split, "faces": self.faces, "crop": self.crop, "seconds": round(self.seconds, 2),
+                "heads": self.heads, "skipped": self.skipped}
+
+    def summary(self) -> str:
+        """One line per head: the head's main metrics."""
+        lines = [f"{self.split}: {self.faces} faces, {self.seconds:.1f}s"]
+        for name, m in self.heads.items():
+            if "nme" in m:
+                lines.append(f"  {name:<10} NME {m['nme']:.2f}%  failure {m['failure_rate']:.1f}%  AUC@10 {m['auc10']:.3f}")
+            else:
+                lines.append(f"  {name:<10} accuracy {m['accuracy']:.2f}%  balanced {m['balanced_accuracy']:.2f}%")
+        return "\n".join(lines)
+
+
+def canonical_crops(data: Images, spec: ModelSpec, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 1) normalised crops and (N, 2, 3) crop matrices, one per face."""
+    n, s = len(data), spec.input.size
+    x = np.empty((n, s, s, 1), np.float32)
+    mats = np.empty((n, 2, 3), np.float64)
+    it = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="cropping", unit="face", leave=False)
+    for i in it:
+        patch, mats[i] = crop(data.images[i], face_square(data.images[i], data.annotations.points[i], spec.crop), s)
+        x[i, :, :, 0] = normalize(patch, spec.input)
+    return x, mats
+
+
+def keras_predictor(model, batch_size: int = 512) -> Predictor:
+    def predict(x: np.ndarray) -> dict:
+        out = model.predict(x, batch_size=batch_size, verbose=0)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    return predict
+
+
+def score(spec: ModelSpec, outputs: dict, mats: np.ndarray, data: Images) -> dict[str, dict]:
+    """Metrics per head from raw outputs; landmarks compared in pixels of the original image."""
+    heads = {}
+    ann = data.annotations
+    for h in spec.heads:
+        dec = h.decode(outputs[h.name])
+        if h.kind == REGRESSION:
+            pts = np.stack([to_image(p, m) for p, m in zip(dec["points"], mats)])
+            heads[h.name] = landmark_metrics(pts, ann.points, spec.landmark_names).to_dict()
+        else:
+            heads[h.name] = class_metrics(dec["class_ids"], ann.labels[h.name], h.labels).to_dict()
+    return heads
+
+
+def decode_landmarks(spec: ModelSpec, outputs: dict, mats: np.ndarray) -> np.ndarray:
+    h = next(h for h in spec.heads if h.kind == REGRESSION)
+    return np.stack([to_image(p, m) for p, m in zip(h.decode(outputs[h.name])["points"], mats)])
+
+
+def split_annotations(data_dir: Path, split: str, val_fraction: float = 0.1):
+    """`testing`, `training`, or `validation`: the held-out part of training.txt used in training."""
+    if split == "validation":
+        return split_train_val(load_split(data_dir, "training"), val_fraction)[1]
+    return load_split(data_dir, split)
+
+
+def evaluate(predict: Predictor, spec: ModelSpec, data_dir: Path, split: str = "testing", skip_bad: bool = False,
+             plots: Path | None = None, progress: bool = True) -> EvalReport:
+    t0 = time.time()
+    data = load_images(split_annotations(data_dir, split), skip_bad=skip_bad, progress=progress)
+    x, mats = canonical_crops(data, spec, progress=progress)
+    outputs = predict(x)
+    heads = score(spec, outputs, mats, data)
+    crop_desc = ("image (the whole image, resized)" if spec.crop.mode == "image"
+                 else f"landmarks (square of side {spec.crop.scale} x the RMS radius of the annotated points)")
+    report = EvalReport(split, len(data), crop_desc, heads,
+                        time.time() - t0, data.skipped)
+    if plots is not None:
+        from train.plots import write_plots
+
+        write_plots(Path(plots), spec, report, data, outputs, mats)
+    return report
+
+
+def write_json(report: EvalReport, path: Path) -> None:
+    from runtime.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+__all__ = ["EvalReport", "evaluate", "keras_predictor", "canonical_crops", "score", "nme_per_face", "write_json"]

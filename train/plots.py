@@ -1,0 +1,77 @@
+"""Evaluation plots as PNG: the cumulative error curve, confusion matrices, a face grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtime.io import atomic_path
+from runtime.spec import REGRESSION, ModelSpec
+from train.metrics import FAILURE_NME, nme_per_face
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+
+
+def write_plots(out: Path, spec: ModelSpec, report, data, outputs: dict, mats: np.ndarray, grid: int = 6) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from runtime.preprocess import to_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    ann = data.annotations
+    for h in spec.heads:
+        if h.kind == REGRESSION:
+            pts = np.stack([to_image(p, m) for p, m in zip(h.decode(outputs[h.name])["points"], mats)])
+            nme = nme_per_face(pts, ann.points)
+            t = np.linspace(0, 2 * FAILURE_NME, 400)
+            fig, ax = plt.subplots(figsize=(5, 4))
+            ax.plot(t, [(nme <= v).mean() for v in t])
+            ax.axvline(FAILURE_NME, ls="--", c="grey")
+            ax.set(xlabel="NME (% of inter-ocular distance)", ylabel="fraction of faces", ylim=(0, 1),
+                   title=f"{h.name}: cumulative error, {report.split} (mean {nme.mean():.2f}%)")
+            ax.grid(alpha=0.3)
+            _save(fig, out / f"{h.name}_ced.png")
+            plt.close(fig)
+            written.append(out / f"{h.name}_ced.png")
+
+            # a grid of faces, worst at the end: predicted (red) and true (green) landmarks
+            order = np.argsort(nme)
+            pick = order[np.linspace(0, len(order) - 1, grid * grid).astype(int)]
+            fig, axes = plt.subplots(grid, grid, figsize=(2 * grid, 2 * grid))
+            for ax, i in zip(axes.ravel(), pick):
+                img = data.images[i]
+                ax.imshow(img, cmap="gray")
+                ax.scatter(ann.points[i][:, 0], ann.points[i][:, 1], s=10, c="lime")
+                ax.scatter(pts[i][:, 0], pts[i][:, 1], s=10, c="red", marker="x")
+                ax.set_title(f"NME {nme[i]:.1f}%", fontsize=8)
+                ax.axis("off")
+            fig.suptitle("green: annotated, red: predicted (sorted by error)")
+            _save(fig, out / "faces.png")
+            plt.close(fig)
+            written.append(out / "faces.png")
+        else:
+            m = report.heads[h.name]
+            cm = np.array(m["confusion"], dtype=float)
+            norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+            fig, ax = plt.subplots(figsize=(1.2 * len(h.labels) + 2, 1.2 * len(h.labels) + 1.5))
+            ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+            for r in range(len(h.labels)):
+                for c in range(len(h.labels)):
+                    ax.text(c, r, f"{int(cm[r, c])}", ha="center", va="center",
+                            color="white" if norm[r, c] > 0.5 else "black")
+            ax.set_xticks(range(len(h.labels)), h.labels, rotation=45, ha="right")
+            ax.set_yticks(range(len(h.labels)), h.labels)
+            ax.set(xlabel="predicted", ylabel="true",
+                   title=f"{h.name}: acc {m['accuracy']:.1f}%, balanced {m['balanced_accuracy']:.1f}%")
+            _save(fig, out / f"{h.name}_confusion.png")
+            plt.close(fig)
+            written.append(out / f"{h.name}_confusion.png")
+    return written
