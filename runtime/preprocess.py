@@ -53,6 +53,8 @@ def to_grey(image: np.ndarray, where: str = "image") -> np.ndarray:
         raise ImageError(f"{where}: expected a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise ImageError(f"{where}: expected uint8 pixels, got {image.dtype}")
+    if image.size == 0:
+        raise ImageError(f"{where}: empty image of shape {image.shape}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:

@@ -295,12 +295,12 @@ def default_heads() -> tuple[HeadSpec, ...]:
     return (
         HeadSpec("landmarks", REGRESSION, 10, loss_weight=1.0, tolerance=0.15,
                  description="5 points, MTFL order, (x, y) in crop units"),
-        HeadSpec("gender", CLASSIFICATION, 2, ("male", "female"), loss_weight=0.1,
+        HeadSpec("gender", CLASSIFICATION, 2, ("male", "female"), loss_weight=0.25,
                  description="apparent gender as annotated in MTFL"),
-        HeadSpec("smile", CLASSIFICATION, 2, ("smiling", "not_smiling"), loss_weight=0.1),
-        HeadSpec("glasses", CLASSIFICATION, 2, ("glasses", "no_glasses"), loss_weight=0.1),
+        HeadSpec("smile", CLASSIFICATION, 2, ("smiling", "not_smiling"), loss_weight=0.25),
+        HeadSpec("glasses", CLASSIFICATION, 2, ("glasses", "no_glasses"), loss_weight=0.25),
         HeadSpec("pose", CLASSIFICATION, 5, ("left_profile", "left", "frontal", "right", "right_profile"),
-                 loss_weight=0.1, description="head yaw in five bins, left/right as seen in the image"),
+                 loss_weight=0.25, description="head yaw in five bins, left/right as seen in the image"),
     )
 
 

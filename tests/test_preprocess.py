@@ -55,6 +55,7 @@ def test_to_grey_accepts_grey_bgr_bgra(image, shape):
     (np.zeros((30, 40, 2), np.uint8), "got shape"),
     (np.zeros((30, 40), np.float32), "uint8"),
     (np.zeros((1, 40), np.uint8), "too small"),
+    (np.zeros((0, 0, 3), np.uint8), "empty"),
     ("not an array", "numpy array"),
 ])
 def test_to_grey_refuses_junk_with_a_reason(image, message):

@@ -61,6 +61,7 @@ def register_train(sub) -> None:
     p.add_argument("--trunk", default=d.trunk, help="mtfl (default) or tcdcn (the published TCDCN trunk)")
     p.add_argument("--width", type=int, default=d.width, help="trunk width (mtfl)")
     p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--activation", default=d.activation, choices=["relu6", "relu"], help="trunk activation (mtfl)")
     p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -68,8 +69,9 @@ def register_train(sub) -> None:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--crop", default="landmarks", choices=["landmarks", "image"],
                    help="face framing: landmarks (default) or image (whole image resized: the original blog's recipe)")
-    p.add_argument("--no-balance", dest="balance", action="store_false",
-                   help="plain cross-entropy instead of logit adjustment by the training class frequencies")
+    p.add_argument("--balance", type=_names, default=d.balance,
+                   help="heads whose losses are logit-adjusted by the training class frequencies, so that "
+                        "the majority class does not win by default (default: gender,pose; '' for none)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train on plain canonical crops")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) missing or undecodable images")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
@@ -89,7 +91,7 @@ def _run_train(args) -> int:
 
     cfg = TrainConfig(
         data=_data_dir(args.data), out=args.out, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
-        weights=args.weights, trunk=args.trunk, width=args.width, dropout=args.dropout,
+        weights=args.weights, trunk=args.trunk, width=args.width, dropout=args.dropout, activation=args.activation,
         learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         augment=args.augment, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
         monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing, balance=args.balance, crop=args.crop,

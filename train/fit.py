@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.io import atomic_path, atomic_write_text
+from runtime.io import atomic_write_text
 from runtime.spec import ModelSpec, default_spec
 from train.config import TrainConfig
 
@@ -69,7 +69,7 @@ def run_spec(cfg: TrainConfig) -> ModelSpec:
     return spec.replace(trunk=cfg.trunk)
 
 
-def class_priors(ann, spec: ModelSpec) -> dict[str, tuple[float, ...]]:
+def class_priors(ann, spec: ModelSpec, heads) -> dict[str, tuple[float, ...]]:
     """Training class frequencies per classification head, flips included: a flip mirrors the
     pose label, so pose is counted as if half the faces were mirrored."""
     import numpy as np
@@ -78,7 +78,7 @@ def class_priors(ann, spec: ModelSpec) -> dict[str, tuple[float, ...]]:
 
     priors = {}
     for h in spec.heads:
-        if h.kind != "classification":
+        if h.kind != "classification" or h.name not in heads:
             continue
         counts = np.bincount(ann.labels[h.name], minlength=h.units).astype(float)
         if h.name == "pose":
@@ -107,7 +107,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     from train import callbacks as cb
     from train.heads import MultiHead
-    from train.model import build_model
+    from train.model import build_model, save_model
     from train.mtfl import load_images, load_split, split_train_val
     from train.pipeline import Augment, FaceSource, make_dataset
 
@@ -127,8 +127,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.limit:
         ann = ann.subset(np.arange(min(cfg.limit, len(ann))))
     tr_ann, va_ann = split_train_val(ann, cfg.val_fraction)
-    tr = load_images(tr_ann, skip_bad=cfg.skip_bad, progress=cfg.verbose > 0)
-    va = load_images(va_ann, skip_bad=cfg.skip_bad, progress=cfg.verbose > 0)
+    progress = cfg.verbose > 0 and sys.stderr.isatty()
+    tr = load_images(tr_ann, skip_bad=cfg.skip_bad, progress=progress)
+    va = load_images(va_ann, skip_bad=cfg.skip_bad, progress=progress)
     skipped = tr.skipped + va.skipped
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s) (--skip-bad), e.g. {skipped[0]}", file=sys.stderr)
@@ -143,13 +144,13 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     steps = math.ceil(len(tr) / batch)
     with strategy.scope():
-        model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout)
+        model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout, activation=cfg.activation)
         schedule = keras.optimizers.schedules.CosineDecay(
             cfg.learning_rate * 0.1, decay_steps=max(1, steps * cfg.epochs - steps), warmup_target=cfg.learning_rate,
             warmup_steps=steps, alpha=0.01)
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
         heads = MultiHead.from_spec(spec, loss_name=cfg.landmark_loss, label_smoothing=cfg.label_smoothing,
-                                    priors=class_priors(tr.annotations, spec) if cfg.balance else None)
+                                    priors=class_priors(tr.annotations, spec, cfg.balance))
         model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args())
 
     best_value, best_epoch = _best_so_far(out / "history.csv", cfg.monitor)
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     config_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     atomic_write_text(out / "config.json", json.dumps(config_json, indent=2) + "\n")
 
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, shuffle=False,
                         # Keras's bar inside an epoch on a terminal; HeadTable prints one line per epoch
                         verbose=1 if cfg.verbose and sys.stdout.isatty() else 0)
     epochs_run = len(history.epoch)
@@ -173,8 +174,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise RunError(f"training ended without a best checkpoint in {out} (did validation produce {cfg.monitor}?)")
     model.load_weights(best_weights)
     best_value, best_epoch = _best_so_far(out / "history.csv", cfg.monitor)
-    with atomic_path(out / "model.keras") as tmp:
-        model.save(tmp)
+    save_model(model, out / "model.keras")
     spec.save(out / "spec.json")
 
     val_metrics = {}

@@ -19,13 +19,17 @@ from train.trunks import build_trunk
 
 @keras.saving.register_keras_serializable("facemtl")
 class FaceMTL(keras.Model):
-    def __init__(self, spec: dict, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2, **kwargs):
+    def __init__(self, spec: dict, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
+                 activation: str = "relu6", **kwargs):
         model_spec = ModelSpec.from_dict(spec)
         if not model_spec.heads:
             raise ValueError("the model spec has no heads; give at least one (--heads)")
         # === Layers and functional model ===
         inputs = keras.Input(model_spec.input.shape, name="image")
-        features = build_trunk(trunk, inputs, width=width, dropout=dropout)
+        options = {"width": width, "dropout": dropout}
+        if trunk != "tcdcn":
+            options["activation"] = activation
+        features = build_trunk(trunk, inputs, **options)
         outputs = MultiHead.from_spec(model_spec).outputs(features)
         kwargs.setdefault("name", "facemtl")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -34,6 +38,7 @@ class FaceMTL(keras.Model):
         self.trunk_name = trunk
         self.width = width
         self.dropout = dropout
+        self.activation = activation
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -45,6 +50,7 @@ class FaceMTL(keras.Model):
             "trunk": self.trunk_name,
             "width": self.width,
             "dropout": self.dropout,
+            "activation": self.activation,
             "name": self.name,
         }
 
@@ -53,9 +59,21 @@ class FaceMTL(keras.Model):
         return cls(**config)
 
 
-def build_model(spec: ModelSpec, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2) -> FaceMTL:
+def build_model(spec: ModelSpec, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
+                activation: str = "relu6") -> FaceMTL:
     spec = spec.replace(trunk=trunk)
-    return FaceMTL(spec.to_dict(), trunk=trunk, width=width, dropout=dropout)
+    return FaceMTL(spec.to_dict(), trunk=trunk, width=width, dropout=dropout, activation=activation)
+
+
+def save_model(model: FaceMTL, path: str | Path) -> None:
+    """Write `model.keras` atomically, weights and config only: an uncompiled copy, so the
+    file carries no optimizer state (3x smaller) and loads without the training losses."""
+    from runtime.io import atomic_path
+
+    clean = FaceMTL.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    with atomic_path(path) as tmp:
+        clean.save(tmp)
 
 
 class ModelFileError(ValueError):

@@ -1,0 +1,281 @@
+"""Run a converted model file: normalised crops in, raw outputs by head name out.
+
+    backend = load_backend("model_int8.tflite", threads=1)
+    raw = backend.run(batch)          # (N, 40, 40, 1) float32 -> {"landmarks": (N, 10), ...}
+    backend.spec.head("pose").decode(raw["pose"])
+
+The interpreter is chosen by the file's suffix (`runtime.formats`): .tflite runs in LiteRT
+(`ai_edge_litert`), else `tflite_runtime`, else TensorFlow's `tf.lite` as a last resort on a
+machine that has nothing else; .onnx runs in onnxruntime. Outputs are bound by name (TFLite
+signature output name, ONNX graph output name) to the heads of the file's embedded spec,
+never by position. Integer files get their input quantised and each output dequantised with
+that tensor's own scale and zero point. A file whose outputs do not match its spec is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtime.artifact import (
+    ModelFileError,
+    TFLiteFile,
+    check_path,
+    format_from_metadata,
+    onnx_session,
+    read_spec,
+    spec_from_metadata,
+)
+from runtime.formats import ONNX, TFLITE, backend_for
+from runtime.spec import ModelSpec, QuantParams
+
+# Faces per interpreter call; a frame rarely has more, and it bounds the memory of big batches.
+MAX_BATCH = 64
+
+__all__ = ["Backend", "TFLiteBackend", "ONNXBackend", "ModelFileError", "load_backend", "read_spec", "tflite_interpreter_class"]
+
+
+class Backend:
+    """A model file in its interpreter. Subclasses implement `_run_chunk`."""
+
+    def __init__(self, path: Path, spec: ModelSpec, format: str, threads: int):
+        self.path = path
+        self.spec = spec
+        self.format = format
+        self.threads = threads
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, S, S, C) normalised float32 crops -> {head name: (N, units) float32 raw outputs}.
+
+        Any N, including 0 (a frame with no faces gives empty arrays).
+        """
+        batch = np.asarray(batch, dtype=np.float32)
+        want = self.spec.input.shape
+        if batch.ndim != 4 or batch.shape[1:] != want:
+            raise ValueError(f"{self.path.name}: expected a batch of shape (N, {', '.join(map(str, want))}), "
+                             f"got {batch.shape}")
+        n = len(batch)
+        if n == 0:
+            return {h.name: np.zeros((0, h.units), np.float32) for h in self.spec.heads}
+        parts = [self._run_chunk(np.ascontiguousarray(batch[i:i + MAX_BATCH])) for i in range(0, n, MAX_BATCH)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _run_chunk(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, format={self.format!r}, heads={list(self.spec.head_names)})"
+
+
+def _check_outputs(path: Path, spec: ModelSpec, shapes: dict[str, tuple]) -> None:
+    """The file's named outputs must be exactly the spec's heads, each (batch, units)."""
+    if set(shapes) != set(spec.head_names):
+        raise ModelFileError(
+            f"{path}: outputs {sorted(shapes)} do not match the heads of its embedded spec "
+            f"{sorted(spec.head_names)}; the file was not written by `facemtl convert` or was altered"
+        )
+    for h in spec.heads:
+        shape = tuple(shapes[h.name])
+        if len(shape) != 2 or shape[1] != h.units:
+            raise ModelFileError(f"{path}: output {h.name!r} has shape {shape} but the spec says (N, {h.units})")
+
+
+def _check_input(path: Path, spec: ModelSpec, shape: tuple) -> None:
+    if len(shape) != 4 or tuple(shape[1:]) != spec.input.shape:
+        raise ModelFileError(f"{path}: input shape {tuple(shape)} does not match the spec's "
+                             f"(N, {', '.join(map(str, spec.input.shape))})")
+
+
+# --- TFLite -----------------------------------------------------------------------------------
+
+def tflite_interpreter_class():
+    """LiteRT's Interpreter, else tflite_runtime's, else TensorFlow's (a machine with no other)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf  # last resort only; the runtime never needs TensorFlow
+        return tf.lite.Interpreter
+    except ImportError:
+        raise ImportError("running .tflite files needs a TFLite interpreter: "
+                          "pip install ai-edge-litert (or tflite-runtime)") from None
+
+
+def _quant(details: dict) -> QuantParams | None:
+    """Per-tensor quantization of an integer I/O tensor; None for float tensors."""
+    dtype = np.dtype(details["dtype"])
+    if dtype.kind == "f":
+        return None
+    scales = details["quantization_parameters"]["scales"]
+    zeros = details["quantization_parameters"]["zero_points"]
+    if len(scales) != 1 or len(zeros) != 1 or not scales[0] > 0:
+        raise ModelFileError(f"tensor {details['name']!r} is {dtype} without one per-tensor scale and zero point")
+    return QuantParams(float(scales[0]), int(zeros[0]), dtype.name)
+
+
+def _signature_details(interpreter, key: str) -> tuple[dict, dict]:
+    """Input and output details by signature name. The runner is dropped before returning:
+    it holds a reference to the interpreter's internals, which blocks resizing."""
+    runner = interpreter.get_signature_runner(key)
+    details = runner.get_input_details(), runner.get_output_details()
+    del runner
+    return details
+
+
+class TFLiteBackend(Backend):
+    def __init__(self, path: Path, threads: int = 1):
+        tfl = TFLiteFile.read(path)
+        metadata = {}
+        for k, v in tfl.metadata.items():
+            try:
+                metadata[k] = v.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        spec = spec_from_metadata(path, metadata)
+        super().__init__(path, spec, format_from_metadata(path, metadata), threads)
+        Interpreter = tflite_interpreter_class()
+        try:
+            self._it = Interpreter(model_content=tfl.data, num_threads=int(threads))
+            signatures = self._it.get_signature_list()
+        except (ValueError, RuntimeError) as e:
+            raise ModelFileError(f"{path}: the TFLite interpreter cannot load it ({e})") from None
+        if len(signatures) != 1:
+            raise ModelFileError(f"{path}: expected one signature, found {sorted(signatures) or 'none'}; "
+                                 "outputs are bound by signature output name")
+        inputs, outputs = _signature_details(self._it, next(iter(signatures)))
+        if len(inputs) != 1:
+            raise ModelFileError(f"{path}: expected one input, found {sorted(inputs)}")
+        (in_details,) = inputs.values()
+        _check_input(path, spec, tuple(in_details["shape_signature"]))
+        _check_outputs(path, spec, {k: tuple(v["shape_signature"]) for k, v in outputs.items()})
+        # the signature's tensors live in the primary subgraph of a one-signature model: run it
+        # through the plain tensor API, resizing only when the batch size changes
+        self._in = in_details["index"]
+        self._in_dtype = np.dtype(in_details["dtype"])
+        self._out = {name: outputs[name]["index"] for name in spec.head_names}
+        try:
+            self._in_q = _quant(in_details)
+            self._out_q = {name: _quant(outputs[name]) for name in spec.head_names}
+        except ModelFileError as e:
+            raise ModelFileError(f"{path}: {e}") from None
+        self._check_recorded_quantization()
+        self._dynamic = int(in_details["shape_signature"][0]) == -1
+        self._batch = int(in_details["shape"][0])
+        self._it.allocate_tensors()
+
+    def _check_recorded_quantization(self) -> None:
+        """An integer file's spec records its I/O quantization; the tensors must agree with it."""
+        found = {"input": self._in_q, **self._out_q}
+        recorded = self.spec.quantization
+        for name, q in found.items():
+            r = recorded.get(name)
+            if q is None or r is None:
+                continue
+            if not (np.isclose(r.scale, q.scale, rtol=1e-5) and r.zero_point == q.zero_point):
+                raise ModelFileError(f"{self.path}: the spec records quantization {r} for {name!r} "
+                                     f"but the file's tensor has scale {q.scale}, zero point {q.zero_point}")
+
+    @property
+    def quantization(self) -> dict[str, QuantParams]:
+        """The file's own I/O quantization: "input" and one entry per head (integer files only)."""
+        found = {"input": self._in_q, **self._out_q}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def _invoke(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if len(x) != self._batch:
+            self._it.resize_tensor_input(self._in, [len(x), *self.spec.input.shape])
+            self._it.allocate_tensors()
+            self._batch = len(x)
+        q = self._in_q
+        if q is not None:
+            info = np.iinfo(self._in_dtype)
+            x = np.clip(np.round(x / q.scale) + q.zero_point, info.min, info.max).astype(self._in_dtype)
+        self._it.set_tensor(self._in, x)
+        self._it.invoke()
+        out = {}
+        for name, index in self._out.items():
+            y = self._it.get_tensor(index)
+            oq = self._out_q[name]
+            if oq is not None:
+                y = (y.astype(np.float32) - oq.zero_point) * np.float32(oq.scale)
+            out[name] = np.asarray(y, dtype=np.float32).reshape(len(x), -1)
+        return out
+
+    def _run_chunk(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._dynamic or len(batch) == self._batch:
+            return self._invoke(batch)
+        parts = [self._invoke(batch[i:i + self._batch]) for i in range(0, len(batch), self._batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def close(self) -> None:
+        self._it = None
+
+
+# --- ONNX -------------------------------------------------------------------------------------
+
+class ONNXBackend(Backend):
+    def __init__(self, path: Path, threads: int = 1):
+        self._sess = onnx_session(path, threads)
+        metadata = dict(self._sess.get_modelmeta().custom_metadata_map)
+        spec = spec_from_metadata(path, metadata)
+        super().__init__(path, spec, format_from_metadata(path, metadata), threads)
+        inputs = self._sess.get_inputs()
+        if len(inputs) != 1:
+            raise ModelFileError(f"{path}: expected one input, found {[i.name for i in inputs]}")
+        shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
+        _check_input(path, spec, shape)
+        if inputs[0].type != "tensor(float)":
+            raise ModelFileError(f"{path}: input is {inputs[0].type}, expected tensor(float)")
+        outs = {o.name: tuple(d if isinstance(d, int) else -1 for d in o.shape) for o in self._sess.get_outputs()}
+        _check_outputs(path, spec, outs)
+        self._input = inputs[0].name
+        self._names = list(spec.head_names)
+        self._batch = shape[0]  # -1: any batch size
+
+    def _run_chunk(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        step = len(batch) if self._batch == -1 else self._batch
+        parts = []
+        for i in range(0, len(batch), step):
+            ys = self._sess.run(self._names, {self._input: batch[i:i + step]})
+            parts.append({n: np.asarray(y, np.float32).reshape(len(y), -1) for n, y in zip(self._names, ys)})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def close(self) -> None:
+        self._sess = None
+
+
+_BACKENDS = {TFLITE: TFLiteBackend, ONNX: ONNXBackend}
+
+
+def load_backend(path: str | Path, threads: int = 1) -> Backend:
+    """Open a .tflite or .onnx file written by `facemtl convert` in its interpreter.
+
+    `threads`: interpreter threads (1 = the per-face latency `facemtl bench` reports).
+    Raises ModelFileError (naming the file) for a missing, corrupt or foreign file, a file
+    without an embedded spec, or one whose outputs do not match its spec.
+    """
+    path = check_path(path)
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return _BACKENDS[backend_for(path)](path, int(threads))

@@ -1,0 +1,292 @@
+"""The runtime's subcommands: `facemtl predict`, `facemtl calibrate` and `facemtl demo`.
+
+Registered by `runtime.cli` (see `_BUILTIN`); each `register_*` adds a subparser and sets
+`func(args) -> exit code`. Heavy imports (the interpreter) happen inside `func`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from runtime.cli import CommandError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".jp2")
+
+
+# --- predict -------------------------------------------------------------------------------
+def register_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="find faces in images; write landmarks and attributes as JSON lines",
+        description=(
+            "Find every face in each image, run all heads of the model on them, and write one JSON "
+            "line per image: {\"image\": PATH, \"faces\": [{\"box\", \"score\", \"landmarks\" (5 [x, y] "
+            "in image pixels, MTFL order), \"attributes\"}]}. An unreadable image gets "
+            "{\"image\": PATH, \"error\": ...} and the run goes on; the exit code is 1 if any failed."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders (searched recursively for images)")
+    p.add_argument("--model", "-m", metavar="M", default=None,
+                   help="a .tflite or .onnx model file, or a folder holding one (default: the model packaged with facemtl)")
+    p.add_argument("--detector", "-d", default="haar", metavar="DET",
+                   help="haar (default: OpenCV's frontal + profile cascades), yunet:PATH (a YuNet .onnx file), "
+                        "or none (each image is one face crop)")
+    p.add_argument("--out", "-o", metavar="FILE", help="write the JSON lines to FILE instead of stdout")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads per worker (default 1)")
+    p.add_argument("--workers", "-j", type=int, default=None, metavar="N",
+                   help="images analysed at once, each worker with its own detector and interpreter "
+                        "(default: one per CPU core, at most 4; 1 = one after another). Output order is input order")
+    p.add_argument("--max-faces", type=int, default=None, metavar="N", help="at most N faces per image, best first")
+    p.add_argument("--min-score", type=float, default=0.0, metavar="S", help="drop detections scoring below S (0..1)")
+    p.add_argument("--detect-size", type=int, default=None, metavar="PX",
+                   help="detect on a copy whose longer side is at most PX pixels; 0 = full size "
+                        "(default: the detector's own, Haar 320, YuNet full size)")
+    p.set_defaults(func=run_predict)
+
+
+def iter_images(inputs: list[str]) -> Iterator[tuple[str, str | None]]:
+    """(path, None) for every image to analyse, (path, error) for inputs that cannot be.
+    Folders are searched recursively for image suffixes, in sorted order; a file named on the
+    command line is always tried, whatever its suffix."""
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not files:
+                yield item, f"no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in this folder"
+            for f in files:
+                yield str(f), None
+        elif p.exists():
+            yield item, None
+        else:
+            yield item, "no such file or folder"
+
+
+def read_image(path: str):
+    """BGR uint8 image of a file (any bit depth or channel count OpenCV decodes), or an error."""
+    import cv2
+    import numpy as np
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise OSError(f"cannot read: {e.strerror or e}") from None
+    if data.size == 0:
+        raise OSError("empty file")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError("cannot decode: not an image, or corrupt, or a format OpenCV lacks")
+    return image
+
+
+def _analyzer_from_args(args):
+    from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
+    from runtime.artifact import ModelFileError
+    from runtime.detectors import DetectorError
+    from runtime.spec import SpecError
+
+    max_side = "auto" if args.detect_size is None else (None if args.detect_size == 0 else args.detect_size)
+    options = FaceAnalyzerOptions(
+        model_path=args.model, detector=args.detector, detection_max_side=max_side,
+        min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
+    )
+    try:
+        return FaceAnalyzer.create_from_options(options)
+    except (DetectorError, SpecError, ModelFileError, ValueError) as e:
+        raise CommandError(str(e)) from None
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may use, at most 4 (a Raspberry Pi's cores)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def _analyze_file(pool, path: str):
+    """(result, None) or (None, error) for one image file, on a FaceAnalyzer borrowed from
+    `pool` (a queue: detectors and interpreters are not shared between threads)."""
+    from runtime.preprocess import ImageError
+
+    t = time.perf_counter()
+    try:
+        image = read_image(path)
+    except OSError as e:
+        return None, str(e), 0.0
+    read_ms = 1000 * (time.perf_counter() - t)
+    analyzer = pool.get()
+    try:
+        return analyzer.analyze(image), None, read_ms
+    except ImageError as e:
+        return None, str(e), read_ms
+    finally:
+        pool.put(analyzer)
+
+
+def run_predict(args) -> int:
+    import queue
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise CommandError(f"--workers must be >= 1, got {workers}")
+    # one analyzer per worker: OpenCV's cascades and the interpreters keep per-call state.
+    # Reading, decoding, detection and inference all release the GIL, so N workers use N cores.
+    analyzers = [_analyzer_from_args(args)]
+    pool: queue.Queue = queue.Queue()
+    out = None
+    images = faces = failed = 0
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cv_threads = cv2.getNumThreads()
+    try:
+        for _ in range(workers - 1):
+            analyzers.append(_analyzer_from_args(args))
+        for a in analyzers:
+            pool.put(a)
+        if workers > 1:
+            cv2.setNumThreads(1)  # the parallelism is across images; OpenCV's own would oversubscribe
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict") as ex:
+            pending: deque = deque()
+
+            def drain(limit: int) -> None:
+                # write the oldest results, in input order, until at most `limit` are pending
+                nonlocal images, faces, failed
+                while len(pending) > limit:
+                    path, error, future = pending.popleft()
+                    images += 1
+                    result = None
+                    if error is None:
+                        result, error, read_ms = future.result()
+                    if error is not None:
+                        failed += 1
+                        record = {"image": path, "error": error}
+                    else:
+                        stages["read"] = stages.get("read", 0.0) + read_ms
+                        for k, v in result.stages_ms.items():
+                            stages[k] = stages.get(k, 0.0) + v
+                        faces += len(result.faces)
+                        record = {"image": path, **result.to_dict()}
+                    out.write(json.dumps(record) + "\n")
+                    if out is sys.stdout:
+                        out.flush()
+
+            for path, error in iter_images(args.inputs):
+                future = ex.submit(_analyze_file, pool, path) if error is None else None
+                pending.append((path, error, future))
+                drain(2 * workers)  # bounded: at most 2 images per worker decoded and waiting
+            drain(0)
+    finally:
+        cv2.setNumThreads(cv_threads)
+        for a in analyzers:
+            a.close()
+        if out is not None and out is not sys.stdout:
+            out.close()
+    seconds = time.perf_counter() - t0
+    ok = max(images - failed, 1)
+    per = ", ".join(f"{k} {v / ok:.1f}" for k, v in stages.items())
+    print(f"facemtl predict: {images} image(s), {faces} face(s), {failed} failed, {seconds:.1f} s, "
+          f"{workers} worker(s)" + (f" (ms per image and worker: {per})" if stages else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --- calibrate -----------------------------------------------------------------------------
+def register_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="measure how each detector's boxes map to the model's face square; write it into spec.json",
+        description=(
+            "Run each detector on MTFL training images, match its faces to the square the model was "
+            "trained on (from the annotated landmarks), fit the offset and scale (medians), print match "
+            "rate and residual spread, and write the calibrations into MODEL_DIR/spec.json (atomically). "
+            "Calibrate before `facemtl convert`, which embeds the spec in the converted files; the runtime "
+            "also takes calibrations from a spec.json beside a model file."
+        ),
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder with spec.json (or the spec.json file)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="the MTFL folder (default: $FACEMTL_DATA, else ../shared/data/mtfl)")
+    p.add_argument("--detectors", default="haar,none", metavar="LIST",
+                   help="comma-separated: haar, yunet:PATH, none (default: haar,none)")
+    p.add_argument("--limit", type=int, default=2000, metavar="N",
+                   help="use N training images spread over the file (default 2000; 0 = all 10,000)")
+    p.add_argument("--min-iou", type=float, default=0.5, help="IoU of a calibrated square with the truth to count as a match")
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, but do not change spec.json")
+    p.set_defaults(func=run_calibrate)
+
+
+def _data_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("FACEMTL_DATA")
+    if env:
+        return Path(env)
+    return Path.cwd().parent / "shared" / "data" / "mtfl"
+
+
+def run_calibrate(args) -> int:
+    from runtime.calibration import CalibrationError, calibrate_spec_file
+    from runtime.detectors import DetectorError
+    from runtime.io import atomic_write_text
+    from runtime.spec import SpecError
+
+    spec_path = Path(args.model_dir)
+    if spec_path.is_dir():
+        spec_path = spec_path / "spec.json"
+    if not spec_path.is_file():
+        raise CommandError(f"{spec_path} does not exist; MODEL_DIR must be a model folder with spec.json")
+    names = [s.strip() for s in args.detectors.split(",") if s.strip()]
+    if not names:
+        raise CommandError("--detectors is empty; give e.g. haar,yunet:PATH,none")
+    tty = sys.stderr.isatty()
+
+    def progress(name: str, i: int, n: int) -> None:
+        if tty and (i % 50 == 0 or i == n):
+            print(f"\r{name}: {i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True)
+
+    try:
+        reports = calibrate_spec_file(spec_path, _data_dir(args.data), names, limit=args.limit or None,
+                                      min_iou=args.min_iou, dry_run=args.dry_run, progress=progress)
+    except (CalibrationError, DetectorError, SpecError) as e:
+        raise CommandError(str(e)) from None
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"spec": str(spec_path), "reports": [r.to_dict() for r in reports]},
+                                                indent=2) + "\n")
+    return 0
+
+
+# --- demo (the video engineer's) -----------------------------------------------------------
+def register_demo(sub) -> None:
+    from runtime.live.demo import add_arguments
+
+    p = sub.add_parser(
+        "demo",
+        help="live demo: camera, video or the built-in sample through the analyzer with tracking and smoothing",
+        description=(
+            "Read frames from a camera (newest frame always), a video or image files (every frame) or the "
+            "built-in sample stream, run the analyzer in video mode (detect now and then, follow faces by "
+            "their landmarks, smooth), draw box, landmarks, id, attributes, FPS and stage times, and show, "
+            "serve (MJPEG over HTTP), record and/or write JSON lines. Prints a summary at the end "
+            "(Ctrl-C or SIGTERM end the run cleanly). See docs/live.md."
+        ),
+    )
+    add_arguments(p)
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    from runtime.live.demo import run
+
+    return run(args)

@@ -1,0 +1,261 @@
+"""`facemtl bench --live`: per-stage latency and FPS of the live pipeline, no TensorFlow.
+
+For each stream (the sample stream at 640x480, and `--video FILE` if given), each thread
+count (1, and every core) and each mode (detection on every frame, IMAGE mode; tracking,
+VIDEO mode), run `--live-frames` frames after a warm-up and report the median and p95 of
+each stage (capture, detect, crop, infer, track, draw) and of the whole frame, and FPS
+from the median frame time. Then the sample stream's quality numbers: landmark jitter on
+a still face with and without smoothing, and landmark NME still and moving.
+
+The sample frames are rendered before timing (its "capture" is then the cost of handing
+over a ready frame, as from a camera's grabber thread); a video file is decoded in the loop
+and its capture time is the decoder's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.live.demo import LIVE_DETECTOR, live_detect_size
+from runtime.live.stats import StageStats
+
+STAGES = ("capture", "detect", "crop", "infer", "track", "draw", "total")
+
+
+def add_arguments(p) -> None:
+    """Options of `facemtl bench` that only --live uses."""
+    g = p.add_argument_group("--live (the live video pipeline; PATH is then the model, default the packaged one)")
+    g.add_argument("--video", metavar="FILE", help="--live: also benchmark this video file (decoded in the loop)")
+    g.add_argument("--live-frames", type=int, default=300, metavar="N", help="--live: timed frames per run (default 300)")
+    g.add_argument("--detector", default=LIVE_DETECTOR, metavar="DET",
+                   help="--live: haar:video (default, as `facemtl demo`), haar, yunet:PATH or none")
+    g.add_argument("--detect-size", type=int, default=None, metavar="PX",
+                   help="--live: detection size (default as `facemtl demo`: 240 for haar:video, 320 for YuNet; 0 = full)")
+    g.add_argument("--detect-every", type=int, default=15, metavar="N",
+                   help="--live: re-detection interval while tracking (default 15)")
+    g.add_argument("--no-quality", action="store_true", help="--live: skip the jitter and NME measurements")
+
+
+def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, smooth=True):
+    from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
+    from runtime.live.tracking import TrackingOptions
+
+    return FaceAnalyzer.create_from_options(FaceAnalyzerOptions(
+        model_path=model, detector=detector, detection_max_side=live_detect_size(detector, detect_size),
+        num_threads=threads, running_mode=RunningMode.VIDEO if tracking else RunningMode.IMAGE,
+        tracking=TrackingOptions(detect_every=detect_every, smooth_landmarks=smooth, smooth_attributes=smooth)))
+
+
+def time_run(analyzer, frames, tracking: bool, warmup: int = 20, truth=None) -> dict:
+    """Time the loop over `frames`, an iterable of (index, timestamp_ms, image); the first
+    `warmup` frames are not counted. `truth(index)` (the sample's) adds the NME."""
+    from runtime.live.demo import analysis_stages, match_truth
+    from runtime.live.overlay import draw
+    from runtime.live.sample import nme
+
+    stats = StageStats()
+    errors = []
+    it = iter(frames)
+    n = 0
+    fps_shown = None
+    while True:
+        t0 = time.perf_counter()
+        item = next(it, None)
+        if item is None:
+            break
+        i, ts, image = item
+        t1 = time.perf_counter()
+        result = analyzer.analyze_for_video(image, ts) if tracking else analyzer.analyze(image)
+        t2 = time.perf_counter()
+        draw(image, result, fps_shown, None)
+        t3 = time.perf_counter()
+        n += 1
+        if n <= warmup:
+            continue
+        stages = {"capture": 1000 * (t1 - t0), **analysis_stages(result, 1000 * (t2 - t1)),
+                  "draw": 1000 * (t3 - t2), "total": 1000 * (t3 - t0)}
+        stats.add(stages)
+        fps_shown = 1000.0 / stages["total"]
+        if truth is not None:
+            tr = truth(i)
+            face = match_truth(result.faces, tr)
+            if face is not None:
+                errors.append(nme(face.landmarks, tr))
+    out = {"frames": stats.frames, "stages": stats.to_dict(), "fps": stats.fps("total"),
+           "fps_analysis": stats.fps("analysis")}
+    if truth is not None:
+        out["nme"] = float(np.mean(errors)) if errors else None
+    return out
+
+
+def _sample_frames(n: int, motion: str = "moving"):
+    from runtime.live.sample import SampleStream
+
+    s = SampleStream((640, 480), motion=motion)
+    return s, [(i, s.timestamp_ms(i), s.frame(i)) for i in range(n)]
+
+
+def _video_frames(path: str, n: int):
+    from runtime.live.sources import VideoFileSource
+
+    def gen():
+        with VideoFileSource(path) as src:
+            k = 0
+            while k < n and (f := src.read()) is not None:
+                yield f.index, f.timestamp_ms, f.image
+                k += 1
+    return gen
+
+
+def quality(model, detector, detect_size, detect_every) -> dict:
+    """Jitter (still face, frames 20-119, RMS over the 10 coordinates of their standard
+    deviation) with and without smoothing, and NME on the still and the moving stream."""
+    from runtime.live.demo import match_truth
+    from runtime.live.sample import nme
+
+    out = {}
+    for motion in ("still", "moving"):
+        s, frames = _sample_frames(300 if motion == "moving" else 120, motion)
+        for smooth in (False, True):
+            pts, errs = [], []
+            with _analyzer(model, detector, detect_size, 1, True, detect_every, smooth) as a:
+                for i, ts, img in frames:
+                    f = match_truth(a.analyze_for_video(img, ts).faces, s.truth(i))
+                    pts.append(f.landmarks if f is not None else np.full((5, 2), np.nan))
+                    if f is not None:
+                        errs.append(nme(f.landmarks, s.truth(i)))
+            key = f"{motion}_{'smoothed' if smooth else 'raw'}"
+            out[key] = {"nme": float(np.mean(errs)) if errs else None, "frames_scored": len(errs)}
+            if motion == "still":
+                out[key]["jitter_px"] = float(np.sqrt(np.nanmean(np.nanvar(np.asarray(pts[20:120]), axis=0))))
+    # IMAGE mode (the detector frames every face) on the still stream: the still-image NME
+    s, frames = _sample_frames(60, "still")
+    errs = []
+    with _analyzer(model, detector, detect_size, 1, False) as a:
+        for i, ts, img in frames:
+            f = match_truth(a.analyze(img).faces, s.truth(i))
+            if f is not None:
+                errs.append(nme(f.landmarks, s.truth(i)))
+    out["still_image_mode"] = {"nme": float(np.mean(errs)) if errs else None, "frames_scored": len(errs)}
+    return out
+
+
+def main(args) -> int:
+    import cv2
+
+    from runtime.artifact import ModelFileError
+    from runtime.cli import CommandError
+    from runtime.detectors import DetectorError
+    from runtime.live.sources import SourceError
+    from runtime.spec import SpecError
+
+    paths = list(getattr(args, "paths", None) or [])
+    if len(paths) > 1:
+        raise CommandError("--live benchmarks one model: give one PATH (a model file or folder)")
+    model = paths[0] if paths else None
+    n = int(getattr(args, "live_frames", 300))
+    warmup = int(getattr(args, "warmup", 30) or 0)
+    warmup = min(warmup, 30)
+    detector = getattr(args, "detector", LIVE_DETECTOR)
+    detect_size = getattr(args, "detect_size", None)
+    detect_every = int(getattr(args, "detect_every", 15))
+    if n < 10:
+        raise CommandError("--live-frames must be at least 10")
+    cores = os.cpu_count() or 1
+    threads = [1] if cores == 1 else [1, cores]
+    rows = []
+    try:
+        streams = [("sample 640x480", None)]
+        if getattr(args, "video", None):
+            streams.append((f"video {Path(args.video).name}", args.video))
+        for label, video in streams:
+            for th in threads:
+                cv2.setNumThreads(th)
+                for tracking in (False, True):
+                    if video is None:
+                        s, frames = _sample_frames(n + warmup)
+                        # each run draws on its own copies: the frames stay clean for the next
+                        frames_it = [(i, ts, img.copy()) for i, ts, img in frames]
+                        truth = s.truth
+                    else:
+                        frames_it = _video_frames(video, n + warmup)()
+                        truth = None
+                    with _analyzer(model, detector, detect_size, th, tracking, detect_every) as a:
+                        described = describe_detector(detector, a.detector)
+                        r = time_run(a, frames_it, tracking, warmup=warmup, truth=truth)
+                    row = {"stream": label, "threads": th, "mode": "tracking" if tracking else "detect every frame",
+                           "detector": described, **r}
+                    rows.append(row)
+                    print(_row_text(row), flush=True)
+        q = None if getattr(args, "no_quality", False) else quality(model, detector, detect_size, detect_every)
+    except (DetectorError, SpecError, ModelFileError, SourceError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    finally:
+        cv2.setNumThreads(cores)
+    text = table(rows, q, rows[0]["detector"] if rows else detector, model)
+    print(text)
+    if getattr(args, "json", None):
+        from runtime.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"detector": rows[0]["detector"] if rows else detector,
+                                                 "model": str(model) if model else "packaged",
+                                                 "load_average": os.getloadavg(), "runs": rows, "quality": q},
+                                                indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def describe_detector(spec: str, detector) -> str:
+    """`spec` and what it runs (Haar's cascades and sizes), for the table: the detection-every-
+    frame rows are only as meaningful as the detector they name."""
+    describe = getattr(detector, "describe", None)
+    size = getattr(detector, "max_side", None)
+    what = describe() if describe else f"{type(detector).__name__} at {size or 'full'} px"
+    return f"{spec} ({what})"
+
+
+def _row_text(row) -> str:
+    st = row["stages"]
+    return (f"  {row['stream']}, {row['threads']} thread(s), {row['mode']}: "
+            f"{row['fps']['median']:.1f} FPS (median frame {st['total']['median_ms']:.2f} ms)")
+
+
+def table(rows, q, detector, model) -> str:
+    out = [f"\nlive pipeline, model {model or 'packaged'}; load average "
+           + " ".join(f"{v:.1f}" for v in os.getloadavg()),
+           f"detector (every mode below, detect-every-frame included): {detector}",
+           "medians / p95 in ms; detect: on the frames it ran on, and its mean per frame; FPS from the median "
+           "frame time (mean in brackets)",
+           "| stream | threads | mode | capture | detect | crop | infer | track | draw | total | FPS | analysis FPS | NME |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        st = r["stages"]
+
+        def cell(k):
+            d = st.get(k)
+            if d is None:
+                return "-"
+            if k == "detect":
+                return f"{d['median_ms']:.2f} / {d['p95_ms']:.2f} (x{d['frames']}, {d['mean_per_frame_ms']:.2f}/frame)"
+            return f"{d['median_ms']:.2f} / {d['p95_ms']:.2f}"
+        nme = r.get("nme")
+        out.append(f"| {r['stream']} | {r['threads']} | {r['mode']} | " + " | ".join(cell(k) for k in STAGES)
+                   + f" | {r['fps']['median']:.1f} ({r['fps']['mean']:.1f}) | {r['fps_analysis']['median']:.1f} | "
+                   + ("-" if nme is None else f"{nme:.2f}") + " |")
+    if q:
+        sr, ss = q["still_raw"], q["still_smoothed"]
+        ratio = sr["jitter_px"] / max(ss["jitter_px"], 1e-9)
+        out += ["", "sample stream quality (tracking, 1 thread):",
+                f"  jitter on a still face (std of landmark positions over 100 frames, sensor noise sigma 2.5): "
+                f"{sr['jitter_px']:.3f} px raw, {ss['jitter_px']:.3f} px smoothed ({ratio:.1f}x lower)",
+                f"  NME still image (IMAGE mode): {q['still_image_mode']['nme']:.2f}%; tracked still: "
+                f"{sr['nme']:.2f}% raw, {ss['nme']:.2f}% smoothed",
+                f"  NME moving: {q['moving_raw']['nme']:.2f}% raw, {q['moving_smoothed']['nme']:.2f}% smoothed "
+                f"({q['moving_smoothed']['nme'] / q['still_image_mode']['nme']:.2f}x the still-image NME, "
+                f"{q['moving_smoothed']['nme'] / ss['nme']:.2f}x the tracked still NME)"]
+    return "\n".join(out)
