@@ -54,29 +54,29 @@ def set_batchnorm_stats(model, x: np.ndarray, seed: int = 0) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model_path() -> Path:
+def tiny_model_path(activation: str = "relu6") -> Path:
     import keras
 
     from train.model import build_model
 
     keras.utils.set_random_seed(0)
-    model = build_model(default_spec(), width=4, dropout=0.0)
+    model = build_model(default_spec(), width=4, dropout=0.0, activation=activation)
     set_batchnorm_stats(model, crops(64, seed=1))
     rng = np.random.default_rng(1)
     for name in model.output_names:  # trained heads have biases (the mean face, class priors)
         kernel, bias = model.get_layer(name).get_weights()
         model.get_layer(name).set_weights([kernel, rng.normal(0, 0.5, bias.shape).astype(np.float32)])
-    path = WORK / "model" / "model.keras"
-    path.parent.mkdir(parents=True)
+    path = WORK / f"model-{activation}" / "model.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model():
+def tiny_model(activation: str = "relu6"):
     from train.model import load_model
 
-    return load_model(tiny_model_path())
+    return load_model(tiny_model_path(activation))
 
 
 @functools.lru_cache(maxsize=None)

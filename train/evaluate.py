@@ -80,9 +80,21 @@ def score(spec: ModelSpec, outputs: dict, mats: np.ndarray, data: Images) -> dic
         if h.kind == REGRESSION:
             pts = np.stack([to_image(p, m) for p, m in zip(dec["points"], mats)])
             heads[h.name] = landmark_metrics(pts, ann.points, spec.landmark_names).to_dict()
+            heads[h.name]["by_true_pose"] = _by_pose(nme_per_face(pts, ann.points), ann.labels["pose"])
         else:
             heads[h.name] = class_metrics(dec["class_ids"], ann.labels[h.name], h.labels).to_dict()
     return heads
+
+
+def _by_pose(nme: np.ndarray, pose: np.ndarray) -> dict[str, dict]:
+    """NME and failure rate per annotated pose class: where the landmark error comes from."""
+    from runtime.spec import default_spec
+    from train.metrics import FAILURE_NME
+
+    labels = default_spec().head("pose").labels
+    return {labels[k]: {"faces": int((pose == k).sum()), "nme": float(nme[pose == k].mean()),
+                        "failure_rate": float(100 * (nme[pose == k] > FAILURE_NME).mean())}
+            for k in range(len(labels)) if (pose == k).any()}
 
 
 def decode_landmarks(spec: ModelSpec, outputs: dict, mats: np.ndarray) -> np.ndarray:
