@@ -61,7 +61,7 @@ class FaceAnalyzerOptions:
         VIDEO mode "haar:video", the upright frontal cascade alone (tracking follows faces
         between detections; see runtime.detectors.HAAR_PRESETS).
     detection_max_side: detect on a copy of the frame whose longer side is at most this many
-        pixels; "auto" keeps the detector's default (Haar 320, haar:video 240, YuNet and none full size),
+        pixels; "auto" keeps the detector's default (Haar 288, haar:video 240, YuNet and none full size),
         None always detects at full size.
     min_detection_score: drop detections scoring below this (0..1).
     max_faces: analyse at most this many faces per frame, best scores first (None: all).

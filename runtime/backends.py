@@ -178,6 +178,7 @@ class TFLiteBackend(Backend):
         except ModelFileError as e:
             raise ModelFileError(f"{path}: {e}") from None
         self._check_recorded_quantization()
+        self._prepare_quantization()
         self._dynamic = int(in_details["shape_signature"][0]) == -1
         self._batch = int(in_details["shape"][0])
         self._it.allocate_tensors()
@@ -200,24 +201,44 @@ class TFLiteBackend(Backend):
         found = {"input": self._in_q, **self._out_q}
         return {k: v for k, v in found.items() if v is not None}
 
-    def _invoke(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        if len(x) != self._batch:
-            self._it.resize_tensor_input(self._in, [len(x), *self.spec.input.shape])
-            self._it.allocate_tensors()
-            self._batch = len(x)
+    def _prepare_quantization(self) -> None:
+        """Constants of the per-call (de)quantization, as float32 scalars: at batch 1 the
+        numpy calls around `invoke` cost a third of the model's own time otherwise (measured:
+        run() 0.29 ms against invoke 0.19 ms on the default int8 file)."""
         q = self._in_q
         if q is not None:
             info = np.iinfo(self._in_dtype)
-            x = np.clip(np.round(x / q.scale) + q.zero_point, info.min, info.max).astype(self._in_dtype)
+            self._in_consts = (np.float32(q.scale), np.float32(q.zero_point), np.float32(info.min),
+                               np.float32(info.max))
+        self._out_plan = [(name, index, None if self._out_q[name] is None else
+                           (np.float32(self._out_q[name].zero_point), np.float32(self._out_q[name].scale)))
+                          for name, index in self._out.items()]
+
+    def _invoke(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(x)
+        if n != self._batch:
+            self._it.resize_tensor_input(self._in, [n, *self.spec.input.shape])
+            self._it.allocate_tensors()
+            self._batch = n
+        if self._in_q is not None:
+            scale, zero, lo, hi = self._in_consts
+            t = np.divide(x, scale, dtype=np.float32)  # a new buffer: the caller's x stays as it is
+            np.rint(t, out=t)
+            t += zero
+            np.maximum(t, lo, out=t)
+            np.minimum(t, hi, out=t)
+            x = t.astype(self._in_dtype)
         self._it.set_tensor(self._in, x)
         self._it.invoke()
         out = {}
-        for name, index in self._out.items():
+        for name, index, dq in self._out_plan:
             y = self._it.get_tensor(index)
-            oq = self._out_q[name]
-            if oq is not None:
-                y = (y.astype(np.float32) - oq.zero_point) * np.float32(oq.scale)
-            out[name] = np.asarray(y, dtype=np.float32).reshape(len(x), -1)
+            if dq is None:
+                y = y.astype(np.float32, copy=False)
+            else:  # each output has its own scale and zero point
+                y = np.subtract(y, dq[0], dtype=np.float32)
+                y *= dq[1]
+            out[name] = y.reshape(n, -1)
         return out
 
     def _run_chunk(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -45,7 +45,7 @@ def register_predict(sub) -> None:
     p.add_argument("--min-score", type=float, default=0.0, metavar="S", help="drop detections scoring below S (0..1)")
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="detect on a copy whose longer side is at most PX pixels; 0 = full size "
-                        "(default: the detector's own, Haar 320, YuNet full size)")
+                        "(default: the detector's own, Haar 288, YuNet full size)")
     p.set_defaults(func=run_predict)
 
 

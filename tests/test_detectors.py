@@ -118,11 +118,11 @@ def test_haar_finds_nothing_in_a_flat_image():
 
 def test_haar_presets():
     image, every, video = (D.create_detector(n) for n in ("haar", "haar:all", "haar:video"))
-    assert image.fallback and image.profile and image.rotations and image.max_side == 320
+    assert image.fallback and image.profile and image.rotations and image.max_side == 288
     assert not every.fallback and every.profile and every.rotations
     assert not video.profile and not video.rotations and video.max_side == 240
     assert D.create_detector("haar:video", max_side=320).max_side == 320  # --detect-size wins
-    assert "where it finds none" in image.describe() and "always" in every.describe()
+    assert "where it finds no face" in image.describe() and "always" in every.describe()
     with pytest.raises(D.DetectorError, match="haar:video"):
         D.create_detector("haar:fastest")
 
@@ -130,12 +130,12 @@ def test_haar_presets():
 class _Cascade:
     """Stands in for a cascade: answers fixed boxes and counts its calls."""
 
-    def __init__(self, rects):
-        self.rects, self.calls = rects, 0
+    def __init__(self, rects, counts=5):
+        self.rects, self.calls, self.counts = rects, 0, counts
 
     def detectMultiScale2(self, grey, **kw):
         self.calls += 1
-        return self.rects, [5] * len(self.rects)
+        return self.rects, [self.counts] * len(self.rects)
 
 
 def _stubbed(fallback, frontal_rects, profile_rects):
@@ -154,6 +154,20 @@ def test_haar_second_pass_runs_only_where_the_frontal_cascade_finds_no_face():
     found = haar.detect(img)
     assert haar._profile.calls == 2 and haar._frontal.calls == 3  # upright, then turned -25 and +25
     assert {d.source for d in found} == {"haar_profile"}
+
+
+def test_a_weak_frontal_face_does_not_stop_the_second_pass():
+    """A frontal box that few windows agreed on (under `confident_neighbors`) may be a false
+    one: pass 2 still runs, and adds only faces away from it."""
+    img = np.full((100, 200), 128, np.uint8)
+    haar = _stubbed(True, [(10, 10, 40, 40)], [(120, 50, 40, 40)])
+    haar._frontal.counts = 3  # min_neighbors 2 < 3 < confident_neighbors 4
+    found = haar.detect(img)
+    assert haar._profile.calls == 2
+    assert {d.source for d in found} == {"haar", "haar_profile"}
+    haar = _stubbed(True, [(10, 10, 40, 40)], [(120, 50, 40, 40)])
+    haar._frontal.counts = 4
+    assert [d.source for d in haar.detect(img)] == ["haar"] and haar._profile.calls == 0
 
 
 def test_haar_without_fallback_adds_second_pass_faces_but_keeps_the_frontal_box():
@@ -199,7 +213,9 @@ def test_haar_profile_boxes_mirror_with_the_image(mtfl_dir):
     """A profile face is found by the profile cascade on one side and by its mirrored run on
     the other: flipping the image flips the box and the `mirrored` flag."""
     ann = (mtfl_dir / "training.txt").read_text().splitlines()
-    haar = D.HaarDetector(max_side=None, fallback=False)  # the profile pair on every image
+    # the profile pair on every image; on the 240 px copies the live tools use (full-size
+    # images took a minute and show nothing more about mirroring)
+    haar = D.HaarDetector(max_side=240, rotations=(), fallback=False)
     checked = 0
     for line in ann:
         f = line.split()
@@ -215,9 +231,8 @@ def test_haar_profile_boxes_mirror_with_the_image(mtfl_dir):
         np.testing.assert_allclose(b[0].box, (w - x - bw, y, bw, bh), atol=2.0)
         assert a[0].mirrored != b[0].mirrored
         checked += 1
-        if checked == 3:
-            break
-    assert checked >= 1, "no profile face found by the cascade in the training set"
+        break  # one face shows it; the first is about 30 profile images in
+    assert checked == 1, "no profile face found by the cascade in the training set"
 
 
 @pytest.mark.data

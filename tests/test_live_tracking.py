@@ -10,7 +10,7 @@ import pytest
 
 from live_helpers import constant_model, live_model, rms_jitter, run_stream, video_analyzer
 from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
-from runtime.live.tracking import TrackingOptions, appearance_match, crop_region
+from runtime.live.tracking import TrackingOptions, appearance_match, crop_angle, crop_region
 from runtime.preprocess import Square, crop, to_grey
 
 needs_sample = pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
@@ -203,3 +203,23 @@ def test_two_faces_keep_their_own_ids():
                 assert len(r.faces) == 2
                 sides.append({f.id: "left" if f.landmarks.mean(axis=0)[0] < 640 else "right" for f in r.faces})
     assert all(s == sides[0] for s in sides) and set(sides[0].values()) == {"left", "right"}
+
+
+def _rolled(points: np.ndarray, degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    c = points.mean(axis=0)
+    return (points - c) @ r.T + c
+
+
+def test_crop_turns_only_by_the_roll_beyond_the_free_range():
+    """Inside +-align_free the crop stays upright (the model's own roll bias must not feed
+    back through the crop angle); beyond it, the face is left align_free off upright."""
+    upright = np.array([[30.0, 40], [70, 40], [50, 60], [35, 80], [65, 80]])
+    assert crop_angle(upright, 14.0) == 0.0
+    assert crop_angle(_rolled(upright, 10.0), 14.0) == 0.0
+    assert crop_angle(_rolled(upright, 30.0), 14.0) == pytest.approx(16.0)
+    assert crop_angle(_rolled(upright, -30.0), 14.0) == pytest.approx(-16.0)
+    assert crop_angle(_rolled(upright, 30.0), 0.0) == pytest.approx(30.0)  # full alignment
+    with pytest.raises(ValueError, match="align_free"):
+        TrackingOptions(align_free=-1.0)

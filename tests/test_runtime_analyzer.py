@@ -134,7 +134,7 @@ def test_plain_haar_is_the_running_modes_setting(model):
     """IMAGE mode: the thorough Haar setting; VIDEO mode: the upright frontal cascade alone,
     since tracking follows faces between detections. A named setting is kept in either mode."""
     with FaceAnalyzer.create_from_model_path(model) as fa:
-        assert fa.detector.profile and fa.detector.rotations and fa.detector.max_side == 320
+        assert fa.detector.profile and fa.detector.rotations and fa.detector.max_side == 288
     with FaceAnalyzer.create_from_model_path(model, running_mode=RunningMode.VIDEO) as fa:
         assert not fa.detector.profile and not fa.detector.rotations and fa.detector.max_side == 240
     with FaceAnalyzer.create_from_model_path(model, detector="haar:all", running_mode=RunningMode.VIDEO) as fa:

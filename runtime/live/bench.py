@@ -39,16 +39,20 @@ def add_arguments(p) -> None:
     g.add_argument("--detect-every", type=int, default=15, metavar="N",
                    help="--live: re-detection interval while tracking (default 15)")
     g.add_argument("--no-quality", action="store_true", help="--live: skip the jitter and NME measurements")
+    g.add_argument("--align-free", type=float, default=None, metavar="DEG",
+                   help="--live: TrackingOptions.align_free, the roll left unturned in the crop (default 14; "
+                        "0 turns every crop by the whole eye-line roll)")
 
 
-def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, smooth=True):
+def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, smooth=True, align_free=None):
     from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
     from runtime.live.tracking import TrackingOptions
 
     return FaceAnalyzer.create_from_options(FaceAnalyzerOptions(
         model_path=model, detector=detector, detection_max_side=live_detect_size(detector, detect_size),
         num_threads=threads, running_mode=RunningMode.VIDEO if tracking else RunningMode.IMAGE,
-        tracking=TrackingOptions(detect_every=detect_every, smooth_landmarks=smooth, smooth_attributes=smooth)))
+        tracking=TrackingOptions(detect_every=detect_every, smooth_landmarks=smooth, smooth_attributes=smooth,
+                                 **({} if align_free is None else {"align_free": align_free}))))
 
 
 def time_run(analyzer, frames, tracking: bool, warmup: int = 20, truth=None) -> dict:
@@ -112,7 +116,7 @@ def _video_frames(path: str, n: int):
     return gen
 
 
-def quality(model, detector, detect_size, detect_every) -> dict:
+def quality(model, detector, detect_size, detect_every, align_free=None) -> dict:
     """Jitter (still face, frames 20-119, RMS over the 10 coordinates of their standard
     deviation) with and without smoothing, and NME on the still and the moving stream."""
     from runtime.live.demo import match_truth
@@ -123,7 +127,7 @@ def quality(model, detector, detect_size, detect_every) -> dict:
         s, frames = _sample_frames(300 if motion == "moving" else 120, motion)
         for smooth in (False, True):
             pts, errs = [], []
-            with _analyzer(model, detector, detect_size, 1, True, detect_every, smooth) as a:
+            with _analyzer(model, detector, detect_size, 1, True, detect_every, smooth, align_free) as a:
                 for i, ts, img in frames:
                     f = match_truth(a.analyze_for_video(img, ts).faces, s.truth(i))
                     pts.append(f.landmarks if f is not None else np.full((5, 2), np.nan))
@@ -164,6 +168,7 @@ def main(args) -> int:
     detector = getattr(args, "detector", LIVE_DETECTOR)
     detect_size = getattr(args, "detect_size", None)
     detect_every = int(getattr(args, "detect_every", 15))
+    align_free = getattr(args, "align_free", None)
     if n < 10:
         raise CommandError("--live-frames must be at least 10")
     cores = os.cpu_count() or 1
@@ -185,14 +190,14 @@ def main(args) -> int:
                     else:
                         frames_it = _video_frames(video, n + warmup)()
                         truth = None
-                    with _analyzer(model, detector, detect_size, th, tracking, detect_every) as a:
+                    with _analyzer(model, detector, detect_size, th, tracking, detect_every, align_free=align_free) as a:
                         described = describe_detector(detector, a.detector)
                         r = time_run(a, frames_it, tracking, warmup=warmup, truth=truth)
                     row = {"stream": label, "threads": th, "mode": "tracking" if tracking else "detect every frame",
                            "detector": described, **r}
                     rows.append(row)
                     print(_row_text(row), flush=True)
-        q = None if getattr(args, "no_quality", False) else quality(model, detector, detect_size, detect_every)
+        q = None if getattr(args, "no_quality", False) else quality(model, detector, detect_size, detect_every, align_free)
     except (DetectorError, SpecError, ModelFileError, SourceError, ValueError) as e:
         raise CommandError(str(e)) from None
     finally:
