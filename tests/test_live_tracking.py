@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from live_helpers import constant_model, live_model, rms_jitter, run_stream, video_analyzer
+from live_helpers import canonical_shape, constant_model, live_model, rms_jitter, run_stream, video_analyzer
 from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
 from runtime.live.tracking import TrackingOptions, appearance_match, crop_angle, crop_region
 from runtime.preprocess import Square, crop, to_grey
@@ -99,6 +99,26 @@ def test_ids_are_stable_and_json_ready(tmp_path):
     d = results[-1].faces[0].to_dict()
     assert d["id"] == 1 and set(d["attributes"]) == {"gender", "smile", "glasses", "pose"}
     assert results[3].stages_ms["detect"] == 0.0 and results[5].stages_ms["detect"] > 0.0
+
+
+@needs_sample
+def test_anchored_framing_keeps_the_detector_framing_of_a_biased_model(tmp_path):
+    """A model whose landmarks always spread 20% wider than the crop's face (a framing bias):
+    framed by its own landmarks alone, every crop is 1.2x the last and the track runs away;
+    anchored to the detector's framing on the track's first frame, the crop stays put."""
+    from runtime_models import write_constant_onnx
+
+    pytest.importorskip("onnxruntime", reason="running the test ONNX model needs onnxruntime")
+    model = write_constant_onnx(tmp_path / "wide.onnx", landmarks=canonical_shape(3.6 / 1.2))
+    s = _sample("still")
+    sides = {}
+    for anchor in (True, False):
+        with video_analyzer(model, detect_every=1000, anchor=anchor, smooth_landmarks=False) as a:
+            results, _ = run_stream(a, s, range(8))
+        sides[anchor] = [r.faces[0].box[2] if r.faces else float("nan") for r in results]
+    on, off = np.array(sides[True]), np.array(sides[False])
+    assert np.all(np.abs(on / on[0] - 1) < 0.02), on
+    assert not np.all(off[1:5] / off[0] < 1.1), off  # unanchored: grows (or is lost)
 
 
 # --- the trained model on the sample stream ----------------------------------------------------

@@ -42,9 +42,11 @@ def add_arguments(p) -> None:
     g.add_argument("--align-free", type=float, default=None, metavar="DEG",
                    help="--live: TrackingOptions.align_free, the roll left unturned in the crop (default 14; "
                         "0 turns every crop by the whole eye-line roll)")
+    g.add_argument("--no-anchor", action="store_true",
+                   help="--live: TrackingOptions.anchor off (frame tracked faces by their own landmarks alone)")
 
 
-def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, smooth=True, align_free=None):
+def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, smooth=True, overrides=None):
     from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
     from runtime.live.tracking import TrackingOptions
 
@@ -52,7 +54,7 @@ def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, 
         model_path=model, detector=detector, detection_max_side=live_detect_size(detector, detect_size),
         num_threads=threads, running_mode=RunningMode.VIDEO if tracking else RunningMode.IMAGE,
         tracking=TrackingOptions(detect_every=detect_every, smooth_landmarks=smooth, smooth_attributes=smooth,
-                                 **({} if align_free is None else {"align_free": align_free}))))
+                                 **(overrides or {}))))
 
 
 def time_run(analyzer, frames, tracking: bool, warmup: int = 20, truth=None) -> dict:
@@ -116,7 +118,7 @@ def _video_frames(path: str, n: int):
     return gen
 
 
-def quality(model, detector, detect_size, detect_every, align_free=None) -> dict:
+def quality(model, detector, detect_size, detect_every, overrides=None) -> dict:
     """Jitter (still face, frames 20-119, RMS over the 10 coordinates of their standard
     deviation) with and without smoothing, and NME on the still and the moving stream."""
     from runtime.live.demo import match_truth
@@ -127,7 +129,7 @@ def quality(model, detector, detect_size, detect_every, align_free=None) -> dict
         s, frames = _sample_frames(300 if motion == "moving" else 120, motion)
         for smooth in (False, True):
             pts, errs = [], []
-            with _analyzer(model, detector, detect_size, 1, True, detect_every, smooth, align_free) as a:
+            with _analyzer(model, detector, detect_size, 1, True, detect_every, smooth, overrides) as a:
                 for i, ts, img in frames:
                     f = match_truth(a.analyze_for_video(img, ts).faces, s.truth(i))
                     pts.append(f.landmarks if f is not None else np.full((5, 2), np.nan))
@@ -168,7 +170,12 @@ def main(args) -> int:
     detector = getattr(args, "detector", LIVE_DETECTOR)
     detect_size = getattr(args, "detect_size", None)
     detect_every = int(getattr(args, "detect_every", 15))
-    align_free = getattr(args, "align_free", None)
+    # TrackingOptions other than the defaults, from --align-free and --no-anchor
+    overrides = {}
+    if getattr(args, "align_free", None) is not None:
+        overrides["align_free"] = args.align_free
+    if getattr(args, "no_anchor", False):
+        overrides["anchor"] = False
     if n < 10:
         raise CommandError("--live-frames must be at least 10")
     cores = os.cpu_count() or 1
@@ -190,14 +197,14 @@ def main(args) -> int:
                     else:
                         frames_it = _video_frames(video, n + warmup)()
                         truth = None
-                    with _analyzer(model, detector, detect_size, th, tracking, detect_every, align_free=align_free) as a:
+                    with _analyzer(model, detector, detect_size, th, tracking, detect_every, overrides=overrides) as a:
                         described = describe_detector(detector, a.detector)
                         r = time_run(a, frames_it, tracking, warmup=warmup, truth=truth)
                     row = {"stream": label, "threads": th, "mode": "tracking" if tracking else "detect every frame",
                            "detector": described, **r}
                     rows.append(row)
                     print(_row_text(row), flush=True)
-        q = None if getattr(args, "no_quality", False) else quality(model, detector, detect_size, detect_every, align_free)
+        q = None if getattr(args, "no_quality", False) else quality(model, detector, detect_size, detect_every, overrides)
     except (DetectorError, SpecError, ModelFileError, SourceError, ValueError) as e:
         raise CommandError(str(e)) from None
     finally:
@@ -209,6 +216,7 @@ def main(args) -> int:
 
         atomic_write_text(args.json, json.dumps({"detector": rows[0]["detector"] if rows else detector,
                                                  "model": str(model) if model else "packaged",
+                                                 "tracking_overrides": overrides,
                                                  "load_average": os.getloadavg(), "runs": rows, "quality": q},
                                                 indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -62,11 +62,22 @@ class TrackingOptions:
     align / align_free: turn each crop by the part of the eye line's roll (of the last
         landmarks) beyond `align_free` degrees, so a face rolled past the model's +-18 degree
         training range is at most `align_free` off upright in its crop. Not the whole roll:
-        the crop angle would then come from the model's own answer, and its small roll bias
-        feeds back through it (on the still sample face: eye line predicted 4 degrees off,
-        NME 5.1% with full alignment against 3.3% with none, docs/live.md). Inside +-`align_free` the crop stays upright, as the detector frames it.
-        14 degrees: the training roll range (18) less that bias, so a face is never turned
-        past what the model was trained on.
+        the crop angle then comes from the model's own answer, and its roll bias feeds back
+        through it (on the still sample face the eye line comes out 4 degrees off the
+        annotation). Sample stream, moving NME against the still image: 1.09x (Haar) and
+        1.11x (YuNet) at 14 degrees, 1.07x and 1.30x with full alignment (`facemtl bench
+        --live --align-free 0`; docs/live.md). 14 degrees: the training roll range (18) less
+        that bias.
+    anchor: size a tracked face's crop as its detector did, not as its own landmarks would.
+        On the frame that starts a track, the side of the detector's square (calibrated to the
+        training framing) is compared with the side of the canonical square of the landmarks
+        the model gave on that crop; later crops are the landmarks' square scaled by that
+        ratio. The model's landmark square is biased in size for a given face (on the sample
+        face: 4.5% larger than the true one), and a crop framed from it alone keeps the bias
+        (sample stream, Haar: moving NME 4.18% without, 3.72% with; `facemtl bench --live
+        --no-anchor`). Size only, measured once per track: anchoring the centre as well, or
+        re-measuring at each re-detection, brings the detector's box noise into the crop
+        (still-face jitter up to 0.19-0.32 px against 0.09-0.15).
     smooth_landmarks / landmark_filter: One Euro filter on the reported landmarks.
     smooth_attributes / attribute_tau / attribute_margin: average class probabilities over
         `attribute_tau` seconds; change a label only when another class leads by the margin.
@@ -93,6 +104,7 @@ class TrackingOptions:
     detect_every: int = 15
     align: bool = True
     align_free: float = 14.0
+    anchor: bool = True
     smooth_landmarks: bool = True
     landmark_filter: OneEuroParams = field(default_factory=OneEuroParams)
     smooth_attributes: bool = True
@@ -139,7 +151,7 @@ def appearance_match(x: np.ndarray, ref: np.ndarray) -> float:
 
 class _Track:
     __slots__ = ("id", "points", "smooth", "filter", "labels", "score", "unconfirmed", "confirmed", "low", "age",
-                 "match", "ref", "velocity", "t")
+                 "match", "ref", "velocity", "t", "anchor", "seen")
 
     def __init__(self, track_id: int, options: TrackingOptions, heads: list[str]):
         self.id = track_id
@@ -157,6 +169,10 @@ class _Track:
         self.ref: np.ndarray | None = None  # reference crop, zero-mean, unit norm (size*size,)
         self.velocity = np.zeros(2)  # of the landmarks' centroid, pixels per second (smoothed)
         self.t: float | None = None  # time of the last frame, seconds
+        # log of the detector's square side over the landmarks' own square side on the
+        # track's first frame; see TrackingOptions.anchor
+        self.anchor: float | None = None
+        self.seen: Square | None = None  # the detector's square that started the track
 
 
 class FaceTracker:
@@ -201,7 +217,7 @@ class FaceTracker:
         else:
             self._since_detect += 1
         # every track is framed by its own last landmarks, moved on by their velocity
-        squares = [self._square(self._predict(t, t_s)) for t in self._tracks]
+        squares = [self._square(self._predict(t, t_s), t.anchor) for t in self._tracks]
 
         new = self._match(found, squares) if detect else []
         # tracks the detector keeps missing go; new faces come in (up to max_faces)
@@ -216,18 +232,27 @@ class FaceTracker:
             tr = _Track(self._next_id, self.options, [hd.name for hd in self._class_heads])
             self._next_id += 1
             tr.score = float(d.score)
+            tr.seen = crop_square(d, self.policy)
             tracks.append(tr)
-            squares.append(crop_square(d, self.policy))
+            squares.append(tr.seen)
 
         faces: list[Face] = []
         keep: list[_Track] = []
         if tracks:
             points, probs, crops = self._run(image, squares, stages)
+            if self.options.anchor:
+                # a new track's anchor compares the detector's square with the square of the
+                # landmarks the model gave on that very crop: on the next frames, the
+                # landmarks' square scaled by it is the size the detector would have given
+                for i in range(n_old, len(tracks)):
+                    tracks[i].anchor = math.log(tracks[i].seen.side / canonical_square(points[i], self.policy).side)
             for _ in range(self.options.passes - 1):
-                points, probs, crops = self._run(image, [self._square(p) for p in points], stages)
+                points, probs, crops = self._run(image, [self._square(p, t.anchor) for p, t in zip(points, tracks)],
+                                                 stages)
             if self.options.refine_new and len(tracks) > n_old:
                 # new faces once more, framed by the landmarks of the first pass
-                again = self._run(image, [self._square(points[i]) for i in range(n_old, len(tracks))], stages)
+                again = self._run(image, [self._square(points[i], tracks[i].anchor) for i in range(n_old, len(tracks))],
+                                  stages)
                 points[n_old:], crops[n_old:] = again[0], again[2]
                 for name in probs:
                     probs[name][n_old:] = again[1][name]
@@ -244,6 +269,7 @@ class FaceTracker:
                         tr.ref += opts.reference_rate * (x - tr.ref)
                         tr.ref /= max(float(np.linalg.norm(tr.ref)), 1e-9)
                 tr.confirmed = False
+                tr.seen = None
                 tr.low = tr.low + 1 if tr.match < opts.lost_score else 0
                 c = pts.mean(axis=0)
                 side = canonical_square(pts, self.policy).side
@@ -273,9 +299,12 @@ class FaceTracker:
         return len(self._tracks)
 
     # --- pieces --------------------------------------------------------------------------
-    def _square(self, points: np.ndarray) -> Square:
+    def _square(self, points: np.ndarray, anchor: float | None = None) -> Square:
         angle = crop_angle(points, self.options.align_free) if self.options.align else 0.0
-        return canonical_square(points, self.policy, angle=angle)
+        sq = canonical_square(points, self.policy, angle=angle)
+        if anchor is None or not self.options.anchor:
+            return sq
+        return Square(sq.cx, sq.cy, sq.side * math.exp(anchor), sq.angle)
 
     def _predict(self, tr: "_Track", t_s: float) -> np.ndarray:
         base = tr.smooth if (self.options.crop_from == "smoothed" and tr.smooth is not None) else tr.points
