@@ -151,7 +151,7 @@ def appearance_match(x: np.ndarray, ref: np.ndarray) -> float:
 
 class _Track:
     __slots__ = ("id", "points", "smooth", "filter", "labels", "score", "unconfirmed", "confirmed", "low", "age",
-                 "match", "ref", "velocity", "t", "anchor", "seen")
+                 "match", "ref", "velocity", "t", "anchor")
 
     def __init__(self, track_id: int, options: TrackingOptions, heads: list[str]):
         self.id = track_id
@@ -172,7 +172,6 @@ class _Track:
         # log of the detector's square side over the landmarks' own square side on the
         # track's first frame; see TrackingOptions.anchor
         self.anchor: float | None = None
-        self.seen: Square | None = None  # the detector's square that started the track
 
 
 class FaceTracker:
@@ -232,20 +231,20 @@ class FaceTracker:
             tr = _Track(self._next_id, self.options, [hd.name for hd in self._class_heads])
             self._next_id += 1
             tr.score = float(d.score)
-            tr.seen = crop_square(d, self.policy)
             tracks.append(tr)
-            squares.append(tr.seen)
+            squares.append(crop_square(d, self.policy))
 
         faces: list[Face] = []
         keep: list[_Track] = []
         if tracks:
             points, probs, crops = self._run(image, squares, stages)
             if self.options.anchor:
-                # a new track's anchor compares the detector's square with the square of the
-                # landmarks the model gave on that very crop: on the next frames, the
-                # landmarks' square scaled by it is the size the detector would have given
+                # a new track's anchor compares the detector's square (its crop on this frame)
+                # with the square of the landmarks the model gave on that very crop: on the
+                # next frames, the landmarks' square scaled by it is the size the detector
+                # would have given
                 for i in range(n_old, len(tracks)):
-                    tracks[i].anchor = math.log(tracks[i].seen.side / canonical_square(points[i], self.policy).side)
+                    tracks[i].anchor = math.log(squares[i].side / canonical_square(points[i], self.policy).side)
             for _ in range(self.options.passes - 1):
                 points, probs, crops = self._run(image, [self._square(p, t.anchor) for p, t in zip(points, tracks)],
                                                  stages)
@@ -269,7 +268,6 @@ class FaceTracker:
                         tr.ref += opts.reference_rate * (x - tr.ref)
                         tr.ref /= max(float(np.linalg.norm(tr.ref)), 1e-9)
                 tr.confirmed = False
-                tr.seen = None
                 tr.low = tr.low + 1 if tr.match < opts.lost_score else 0
                 c = pts.mean(axis=0)
                 side = canonical_square(pts, self.policy).side
