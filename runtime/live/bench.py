@@ -140,14 +140,24 @@ def quality(model, detector, detect_size, detect_every, overrides=None) -> dict:
             if motion == "still":
                 out[key]["jitter_px"] = float(np.sqrt(np.nanmean(np.nanvar(np.asarray(pts[20:120]), axis=0))))
     # IMAGE mode (the detector frames every face) on the still stream: the still-image NME
+    # and the model's own bias on this face, which a crop framed from its landmarks inherits:
+    # the roll of the eye line and the size of the landmarks' square against the truth's
+    from runtime.preprocess import canonical_square, eye_angle
+
     s, frames = _sample_frames(60, "still")
-    errs = []
+    errs, roll, size = [], [], []
     with _analyzer(model, detector, detect_size, 1, False) as a:
+        policy = a.spec.crop
         for i, ts, img in frames:
-            f = match_truth(a.analyze(img).faces, s.truth(i))
+            t = s.truth(i)
+            f = match_truth(a.analyze(img).faces, t)
             if f is not None:
-                errs.append(nme(f.landmarks, s.truth(i)))
-    out["still_image_mode"] = {"nme": float(np.mean(errs)) if errs else None, "frames_scored": len(errs)}
+                errs.append(nme(f.landmarks, t))
+                roll.append(eye_angle(f.landmarks) - eye_angle(t))
+                size.append(canonical_square(f.landmarks, policy).side / canonical_square(t, policy).side)
+    out["still_image_mode"] = {"nme": float(np.mean(errs)) if errs else None, "frames_scored": len(errs),
+                               "roll_bias_deg": float(np.mean(roll)) if roll else None,
+                               "size_ratio": float(np.mean(size)) if size else None}
     return out
 
 
@@ -271,4 +281,8 @@ def table(rows, q, detector, model) -> str:
                 f"  NME moving: {q['moving_raw']['nme']:.2f}% raw, {q['moving_smoothed']['nme']:.2f}% smoothed "
                 f"({q['moving_smoothed']['nme'] / q['still_image_mode']['nme']:.2f}x the still-image NME, "
                 f"{q['moving_smoothed']['nme'] / ss['nme']:.2f}x the tracked still NME)"]
+        im = q["still_image_mode"]
+        if im.get("roll_bias_deg") is not None:
+            out.append(f"  the model's bias on the still face (IMAGE mode): eye line {im['roll_bias_deg']:+.1f} degrees, "
+                       f"landmark square {im['size_ratio']:.3f}x the true one")
     return "\n".join(out)

@@ -63,21 +63,22 @@ class TrackingOptions:
         landmarks) beyond `align_free` degrees, so a face rolled past the model's +-18 degree
         training range is at most `align_free` off upright in its crop. Not the whole roll:
         the crop angle then comes from the model's own answer, and its roll bias feeds back
-        through it (on the still sample face the eye line comes out 4 degrees off the
-        annotation). Sample stream, moving NME against the still image: 1.09x (Haar) and
+        through it and compounds (on the still sample face, framed by the detector, the eye
+        line comes out 1.6-2.0 degrees off the annotation). Sample stream, moving NME against the still image: 1.09x (Haar) and
         1.11x (YuNet) at 14 degrees, 1.07x and 1.30x with full alignment (`facemtl bench
         --live --align-free 0`; docs/live.md). 14 degrees: the training roll range (18) less
-        that bias.
+        a margin for that bias.
     anchor: size a tracked face's crop as its detector did, not as its own landmarks would.
         On the frame that starts a track, the side of the detector's square (calibrated to the
         training framing) is compared with the side of the canonical square of the landmarks
         the model gave on that crop; later crops are the landmarks' square scaled by that
         ratio. The model's landmark square is biased in size for a given face (on the sample
-        face: 4.5% larger than the true one), and a crop framed from it alone keeps the bias
+        face, framed by the detector: 2% larger than the true one), and a crop framed from
+        it alone compounds the bias
         (sample stream, Haar: moving NME 4.18% without, 3.72% with; `facemtl bench --live
         --no-anchor`). Size only, measured once per track: anchoring the centre as well, or
         re-measuring at each re-detection, brings the detector's box noise into the crop
-        (still-face jitter up to 0.19-0.32 px against 0.09-0.15).
+        (still-face jitter 0.19-0.32 px against 0.09-0.15, in trials whose code was not kept).
     smooth_landmarks / landmark_filter: One Euro filter on the reported landmarks.
     smooth_attributes / attribute_tau / attribute_margin: average class probabilities over
         `attribute_tau` seconds; change a label only when another class leads by the margin.
