@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from convert_fixtures import converted, crops, raw_tflite_fp32, tiny_model
+from import_blocker import run_blocked
 from runtime.artifact import ModelFileError, TFLiteFile, read_metadata, read_spec
 from runtime.backends import MAX_BATCH, load_backend
 from runtime.formats import FORMAT_KEY, FORMAT_NAMES, SPEC_KEY
 from runtime.spec import default_spec
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow  # the session converts a model once (~20 s)
 
@@ -234,23 +230,8 @@ def test_refuses_int8_file_whose_spec_records_other_quantization(files, tmp_path
 
 # --- without TensorFlow ------------------------------------------------------------------------
 
-BLOCK = textwrap.dedent(
-    """
-    import importlib.abc, sys
-    BLOCKED = ("tensorflow", "keras", "tf_keras", "tf2onnx", "onnx", "train", "convert")
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"blocked for this test: {name}")
-            return None
-    sys.meta_path.insert(0, Block())
-    """
-)
-
-
 def test_spec_and_backends_work_without_tensorflow(files, tmp_path):
     """A Pi has numpy, opencv and an interpreter: no TensorFlow, no `onnx`, no `flatbuffers` needed."""
-    (tmp_path / "sitecustomize.py").write_text(BLOCK)
     code = textwrap.dedent(
         f"""
         import sys
@@ -268,9 +249,6 @@ def test_spec_and_backends_work_without_tensorflow(files, tmp_path):
         print("ok")
         """
     )
-    import os
-
-    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    r = run_blocked(code, tmp_path, blocked=("tensorflow", "keras", "tf_keras", "tf2onnx", "onnx", "train", "convert"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("ok")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -198,11 +197,9 @@ def test_show_without_a_display_points_to_serve(monkeypatch):
 # --- no TensorFlow ---------------------------------------------------------------------------
 @needs_sample
 def test_demo_and_live_bench_run_without_tensorflow(tmp_path):
-    from test_runtime_import import BLOCK
+    from import_blocker import NO_TENSORFLOW, run_blocked
 
     model = constant_model(tmp_path)
-    block = BLOCK.replace('"train", "convert")', '"train")')   # convert/ registers `bench`; it must stay light
-    (tmp_path / "sitecustomize.py").write_text(block)
     code = (
         "import sys, runtime.cli\n"
         f"a = runtime.cli.main(['demo', '--model', {str(model)!r}, '--detector', 'none', '--source', 'sample',"
@@ -212,8 +209,9 @@ def test_demo_and_live_bench_run_without_tensorflow(tmp_path):
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'))\n"
         "print('codes', a, b, 'bad', bad)\n"
     )
-    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    # convert/ stays importable: it registers `bench`, and must stay light without TensorFlow
+    blocked = tuple(n for n in NO_TENSORFLOW if n != "convert")
+    r = run_blocked(code, tmp_path, blocked=blocked, extra_path=(ROOT / "tests",), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "codes 0 0 bad []" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     assert "| sample 640x480 | 1 | tracking |" in r.stdout

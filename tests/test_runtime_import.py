@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-BLOCK = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    BLOCKED = ("tensorflow", "keras", "tf_keras", "tf2onnx", "jax", "torch", "train", "convert")
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"blocked for this test: {name}")
-            return None
-
-    sys.meta_path.insert(0, Block())
-    """
-)
-
-
-def run_blocked(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    (tmp_path / "sitecustomize.py").write_text(BLOCK)
-    env = {"PYTHONPATH": f"{tmp_path}{':'}{ROOT}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+from import_blocker import run_blocked
 
 
 def test_blocker_really_blocks(tmp_path):
