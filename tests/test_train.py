@@ -34,6 +34,79 @@ def test_keras_config_round_trip(trunk):
     assert again.count_params() == model.count_params()
 
 
+def test_trunk_depth_drops_the_last_blocks_and_round_trips():
+    deep, shallow = build_model(default_spec(), width=8, depth=6), build_model(default_spec(), width=8)
+    names = {layer.name for layer in shallow.layers}
+    assert "block5_pw" in names and "block6_pw" not in names
+    assert "block6_pw" in {layer.name for layer in deep.layers}
+    assert shallow.count_params() < deep.count_params()
+    assert FaceMTL.from_config(shallow.get_config()).get_config()["depth"] == 5
+    old = {k: v for k, v in deep.get_config().items() if k != "depth"}  # a file from before the option
+    assert FaceMTL.from_config(old).count_params() == deep.count_params()
+    with pytest.raises(ValueError, match="depth must be 1..6"):
+        build_model(default_spec(), width=8, depth=7)
+
+
+def test_pose_sampling_weights_pool_mirrors_and_equalise_at_one():
+    from train.pipeline import pose_sampling_weights
+
+    pose = np.array([0] * 10 + [1] * 40 + [2] * 400 + [3] * 60 + [4] * 30)
+    assert np.allclose(pose_sampling_weights(pose, 0.0), 1.0)
+    w = pose_sampling_weights(pose, 1.0)
+    assert np.isclose(w.mean(), 1.0)
+    share = np.array([w[pose == k].sum() for k in range(5)])
+    # a flip turns a pose into its mirror, so after flips each of the five poses gets a fifth:
+    # the two profiles together get two fifths, as do the two turned poses; frontal one fifth
+    assert np.allclose([share[0] + share[4], share[1] + share[3]], 2 * share[2], rtol=1e-9)
+    assert w[pose == 0][0] == w[pose == 4][0]  # left and right profile faces weigh the same
+    half = pose_sampling_weights(pose, 0.5)
+    assert half[pose == 0][0] > 1.0 > half[pose == 2][0]
+
+
+def test_weighted_dataset_draws_by_weight_and_redraws_each_epoch():
+    from train.pipeline import make_dataset
+
+    class Source:  # make_dataset needs only len(), .spec and .batch(index, draw)
+        spec = default_spec()
+
+        def __len__(self):
+            return 400
+
+        def batch(self, index, draw):
+            n = len(index)
+            return (np.broadcast_to(index.astype(np.float32)[:, None, None, None], (n, 40, 40, 1)).copy(),
+                    np.zeros((n, 10), np.float32), np.zeros((n, 4), np.int32))
+
+    weights = np.where(np.arange(400) < 40, 9.0, 1.0)  # the first 10% of faces: half the mass
+
+    def epoch(ds):
+        return np.concatenate([x[:, 0, 0, 0].numpy() for x, _ in ds]).astype(int)
+
+    ds = make_dataset(Source(), 50, shuffle=True, seed=3, weights=weights)
+    first, second = epoch(ds), epoch(ds)
+    assert len(first) == 400
+    assert 0.4 < (first < 40).mean() < 0.6 and 0.4 < (second < 40).mean() < 0.6
+    assert (first != second).mean() > 0.5
+    again = make_dataset(Source(), 50, shuffle=True, seed=3, weights=weights)
+    assert np.array_equal(epoch(again), first)  # deterministic for a seed
+    with pytest.raises(ValueError, match="3 sampling weights for 400 faces"):
+        make_dataset(Source(), 50, shuffle=True, weights=np.ones(3))
+
+
+def test_class_priors_follow_the_resampling():
+    from train.fit import class_priors
+
+    class Ann:  # class_priors reads only .labels of the loader's annotations
+        labels = {"gender": np.array([0, 0, 0, 1]), "pose": np.array([2, 2, 2, 0])}
+
+    spec = default_spec()
+    plain = class_priors(Ann, spec, ("gender", "pose"))
+    assert np.allclose(plain["gender"], [0.75, 0.25])
+    assert plain["pose"][0] == plain["pose"][4] < plain["pose"][2]  # a flip mirrors the pose
+    weighted = class_priors(Ann, spec, ("gender",), sample_weights=np.array([1.0, 1.0, 1.0, 3.0]))
+    assert np.allclose(weighted["gender"], [0.5, 0.5]) and "pose" not in weighted
+
+
 def test_outputs_are_named_after_the_heads():
     spec = default_spec().select(["landmarks", "pose"])
     model = build_model(spec, width=8)

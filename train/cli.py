@@ -61,6 +61,7 @@ def register_train(sub) -> None:
     p.add_argument("--trunk", default=d.trunk, help="mtfl (default) or tcdcn (the published TCDCN trunk)")
     p.add_argument("--width", type=int, default=d.width, help="trunk width (mtfl)")
     p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--depth", type=int, default=d.depth, help="separable blocks of the mtfl trunk (1-6)")
     p.add_argument("--activation", default=d.activation, choices=["relu6", "relu"], help="trunk activation (mtfl)")
     p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
@@ -72,6 +73,8 @@ def register_train(sub) -> None:
     p.add_argument("--balance", type=_names, default=d.balance,
                    help="heads whose losses are logit-adjusted by the training class frequencies, so that "
                         "the majority class does not win by default (default: gender,pose; '' for none)")
+    p.add_argument("--pose-balance", type=float, default=d.pose_balance,
+                   help="draw faces with probability ~ pose frequency ** -X each epoch (0: each face once; 1: poses equal)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train on plain canonical crops")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) missing or undecodable images")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
@@ -91,10 +94,10 @@ def _run_train(args) -> int:
 
     cfg = TrainConfig(
         data=_data_dir(args.data), out=args.out, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
-        weights=args.weights, trunk=args.trunk, width=args.width, dropout=args.dropout, activation=args.activation,
+        weights=args.weights, trunk=args.trunk, width=args.width, dropout=args.dropout, activation=args.activation, depth=args.depth,
         learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         augment=args.augment, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
-        monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing, balance=args.balance, crop=args.crop,
+        monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing, balance=args.balance, pose_balance=args.pose_balance, crop=args.crop,
         limit=args.limit,
     )
     try:

@@ -20,6 +20,7 @@ class TrainConfig:
     width: int = 32
     dropout: float = 0.2
     activation: str = "relu6"
+    depth: int = 5                         # separable blocks of the mtfl trunk (README, "How the default was chosen")
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
@@ -34,6 +35,9 @@ class TrainConfig:
     # heads trained with logit-adjusted losses (see ClassificationHead): those whose training
     # classes are far from uniform and whose rare classes matter (58% male, 74% frontal)
     balance: tuple[str, ...] = ("gender", "pose")
+    # draw training faces with probability ~ (pose class frequency) ** -pose_balance: 0 draws
+    # each face once per epoch; 0.5 gives the rarer poses, where landmarks fail most, more turns
+    pose_balance: float = 0.0
     crop: str = "landmarks"                # or "image": the blog's whole-image recipe, for comparison
     limit: int = 0                         # use only the first N training faces (smoke runs)
     verbose: int = 1

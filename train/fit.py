@@ -69,9 +69,10 @@ def run_spec(cfg: TrainConfig) -> ModelSpec:
     return spec.replace(trunk=cfg.trunk)
 
 
-def class_priors(ann, spec: ModelSpec, heads) -> dict[str, tuple[float, ...]]:
-    """Training class frequencies per classification head, flips included: a flip mirrors the
-    pose label, so pose is counted as if half the faces were mirrored."""
+def class_priors(ann, spec: ModelSpec, heads, sample_weights=None) -> dict[str, tuple[float, ...]]:
+    """Class frequencies per classification head as training sees them: flips included (a flip
+    mirrors the pose label, so pose is counted as if half the faces were mirrored) and, with
+    `sample_weights`, as resampled (see `pose_sampling_weights`)."""
     import numpy as np
 
     from runtime.spec import POSE_FLIP
@@ -80,7 +81,7 @@ def class_priors(ann, spec: ModelSpec, heads) -> dict[str, tuple[float, ...]]:
     for h in spec.heads:
         if h.kind != "classification" or h.name not in heads:
             continue
-        counts = np.bincount(ann.labels[h.name], minlength=h.units).astype(float)
+        counts = np.bincount(ann.labels[h.name], weights=sample_weights, minlength=h.units).astype(float)
         if h.name == "pose":
             counts = 0.5 * (counts + counts[list(POSE_FLIP)])
         priors[h.name] = tuple(float(v) for v in np.maximum(counts, 1) / counts.sum())
@@ -109,7 +110,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from train.heads import MultiHead
     from train.model import build_model, save_model
     from train.mtfl import load_images, load_split, split_train_val
-    from train.pipeline import Augment, FaceSource, make_dataset
+    from train.pipeline import Augment, FaceSource, make_dataset, pose_sampling_weights
 
     started = time.time()
     out = Path(cfg.out)
@@ -138,19 +139,21 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     strategy = make_strategy(cfg.strategy)
     batch = cfg.batch_size
+    draw_weights = pose_sampling_weights(tr.annotations.labels["pose"], cfg.pose_balance) if cfg.pose_balance else None
     train_ds = make_dataset(FaceSource(tr, spec, Augment() if cfg.augment else Augment.none(), cfg.seed),
-                            batch, shuffle=True, seed=cfg.seed)
+                            batch, shuffle=True, seed=cfg.seed, weights=draw_weights)
     val_ds = make_dataset(FaceSource(va, spec, None), batch, shuffle=False, cache=True)
 
     steps = math.ceil(len(tr) / batch)
     with strategy.scope():
-        model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout, activation=cfg.activation)
+        model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout, activation=cfg.activation,
+                            depth=cfg.depth)
         schedule = keras.optimizers.schedules.CosineDecay(
             cfg.learning_rate * 0.1, decay_steps=max(1, steps * cfg.epochs - steps), warmup_target=cfg.learning_rate,
             warmup_steps=steps, alpha=0.01)
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
         heads = MultiHead.from_spec(spec, loss_name=cfg.landmark_loss, label_smoothing=cfg.label_smoothing,
-                                    priors=class_priors(tr.annotations, spec, cfg.balance))
+                                    priors=class_priors(tr.annotations, spec, cfg.balance, draw_weights))
         model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args())
 
     best_value, best_epoch = _best_so_far(out / "history.csv", cfg.monitor)

@@ -20,7 +20,7 @@ from train.trunks import build_trunk
 @keras.saving.register_keras_serializable("facemtl")
 class FaceMTL(keras.Model):
     def __init__(self, spec: dict, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
-                 activation: str = "relu6", **kwargs):
+                 activation: str = "relu6", depth: int = 5, **kwargs):
         model_spec = ModelSpec.from_dict(spec)
         if not model_spec.heads:
             raise ValueError("the model spec has no heads; give at least one (--heads)")
@@ -29,6 +29,7 @@ class FaceMTL(keras.Model):
         options = {"width": width, "dropout": dropout}
         if trunk != "tcdcn":
             options["activation"] = activation
+            options["depth"] = depth
         features = build_trunk(trunk, inputs, **options)
         outputs = MultiHead.from_spec(model_spec).outputs(features)
         kwargs.setdefault("name", "facemtl")
@@ -39,6 +40,7 @@ class FaceMTL(keras.Model):
         self.width = width
         self.dropout = dropout
         self.activation = activation
+        self.depth = depth
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -51,18 +53,21 @@ class FaceMTL(keras.Model):
             "width": self.width,
             "dropout": self.dropout,
             "activation": self.activation,
+            "depth": self.depth,
             "name": self.name,
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # files written before the trunk depth was an option have the six-block mtfl trunk
+        return cls(**{"depth": 6, **config})
 
 
 def build_model(spec: ModelSpec, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
-                activation: str = "relu6") -> FaceMTL:
+                activation: str = "relu6", depth: int = 5) -> FaceMTL:
     spec = spec.replace(trunk=trunk)
-    return FaceMTL(spec.to_dict(), trunk=trunk, width=width, dropout=dropout, activation=activation)
+    return FaceMTL(spec.to_dict(), trunk=trunk, width=width, dropout=dropout, activation=activation,
+                   depth=depth)
 
 
 def save_model(model: FaceMTL, path: str | Path) -> None:

@@ -119,15 +119,41 @@ class FaceSource:
         return x, y, a
 
 
-def make_dataset(source: FaceSource, batch_size: int, shuffle: bool, seed: int = 0, cache: bool = False) -> tf.data.Dataset:
-    """(image, {head name: target}) batches for `fit`; only the spec's heads get targets."""
+def pose_sampling_weights(pose: np.ndarray, alpha: float) -> np.ndarray:
+    """Per-face draw weights ~ frequency(pose) ** -alpha, normalised to mean 1.
+
+    Frequencies count the flips: a flip turns a pose into its mirror, so a face counts half
+    as its own pose and half as the mirrored one. alpha 1 then shows the model each of the
+    five poses equally often."""
+    counts = np.bincount(pose, minlength=len(POSE_FLIP)).astype(float)
+    counts = np.maximum(counts + counts[list(POSE_FLIP)], 1.0)
+    w = counts[pose] ** -float(alpha)
+    return w / w.mean()
+
+
+def make_dataset(source: FaceSource, batch_size: int, shuffle: bool, seed: int = 0, cache: bool = False,
+                 weights: np.ndarray | None = None) -> tf.data.Dataset:
+    """(image, {head name: target}) batches for `fit`; only the spec's heads get targets.
+
+    With `weights`, each epoch is len(source) faces drawn with replacement with probability
+    proportional to the weights (a fresh draw every epoch), instead of each face once."""
     spec = source.spec
     n = len(source)
     size = spec.input.size
     npts = 2 * len(spec.landmark_names)
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if weights is not None:
+        if len(weights) != n:
+            raise ValueError(f"{len(weights)} sampling weights for {n} faces")
+        cdf = tf.constant(np.cumsum(weights) / np.sum(weights), tf.float64)
+        def pick(v):  # inverse CDF of a uniform draw
+            u = tf.reshape(tf.cast(v % 2**30, tf.float64) / 2**30, [1])
+            return tf.minimum(tf.searchsorted(cdf, u, out_type=tf.int64)[0], n - 1)
+
+        ds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).take(n).map(pick)
+    else:
+        ds = tf.data.Dataset.range(n)
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     # a fresh random draw per face and epoch: different augmentation every epoch, yet the
     # same sequence for the same seed
     draws = tf.data.Dataset.random(seed=seed).map(lambda v: v % (2**31))
