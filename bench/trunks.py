@@ -2,6 +2,8 @@
 
 What chose the default trunk's shape and width: the runtime's floor is 0.2 ms per face.
 Weights are random (latency does not depend on them); int8 is calibrated on random inputs.
+All files are timed interleaved, in rounds (as `facemtl bench` does), so that a shared CPU
+that changes speed mid-run moves every candidate alike.
 
     python bench/trunks.py [--runs 2000] [--json bench/trunks.json]
 """
@@ -12,19 +14,19 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CANDIDATES = [  # (trunk, width, activation)
-    ("tcdcn", 0, "abs_tanh"),
-    ("mtfl", 16, "relu6"),
-    ("mtfl", 24, "relu6"),
-    ("mtfl", 32, "relu6"),
-    ("mtfl", 48, "relu6"),
+CANDIDATES = [  # (trunk, width, depth: separable blocks)
+    ("tcdcn", 0, 0),
+    ("mtfl", 16, 6),
+    ("mtfl", 24, 6),
+    ("mtfl", 32, 6),
+    ("mtfl", 32, 5),
+    ("mtfl", 48, 6),
 ]
 
 
@@ -43,21 +45,21 @@ def tflite_bytes(model, int8: bool) -> bytes:
         return conv.convert()
 
 
-def median_ms(content: bytes, runs: int) -> tuple[float, float]:
+def interleaved_ms(contents: list[bytes], runs: int, rounds: int = 10) -> list[tuple[float, float]]:
+    """(median, p95) ms of `invoke()` per model, the models taking turns (`time_interleaved`)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_content=content, num_threads=1)
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    x = np.zeros(inp["shape"], inp["dtype"])
-    times = np.empty(runs)
-    for i in range(runs + 100):
-        it.set_tensor(inp["index"], x)
-        t = time.perf_counter()
-        it.invoke()
-        if i >= 100:
-            times[i - 100] = time.perf_counter() - t
-    return float(np.median(times) * 1e3), float(np.percentile(times, 95) * 1e3)
+    from convert.bench import time_interleaved
+
+    calls = []
+    for content in contents:
+        it = Interpreter(model_content=content, num_threads=1)
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
+        calls.append(it.invoke)
+    times = time_interleaved(calls, runs, warmup=100, rounds=rounds)
+    return [(float(np.median(t) * 1e3), float(np.percentile(t, 95) * 1e3)) for t in times]
 
 
 def main() -> int:
@@ -71,18 +73,22 @@ def main() -> int:
     from runtime.spec import default_spec
     from train.model import build_model
 
-    rows = []
-    print(f"{'trunk':<10}{'width':>6}{'params':>10}{'fp32 KB':>9}{'fp32 ms':>9}{'int8 KB':>9}{'int8 ms':>9}  (median, batch 1, 1 thread)")
-    for trunk, width, act in CANDIDATES:
-        model = build_model(default_spec(), trunk=trunk, width=width or 32, activation=act if trunk != "tcdcn" else "relu6")
-        row = {"trunk": trunk, "width": width, "params": int(model.count_params())}
+    rows, contents = [], []
+    for trunk, width, depth in CANDIDATES:
+        model = build_model(default_spec(), trunk=trunk, width=width or 32, depth=depth or 6)
+        rows.append({"trunk": trunk, "width": width, "depth": depth, "params": int(model.count_params())})
         for kind in ("fp32", "int8"):
-            b = tflite_bytes(model, kind == "int8")
-            med, p95 = median_ms(b, args.runs)
-            row[kind] = {"bytes": len(b), "median_ms": round(med, 4), "p95_ms": round(p95, 4)}
-        rows.append(row)
-        print(f"{trunk:<10}{width or '-':>6}{row['params']:>10}{row['fp32']['bytes'] / 1024:>9.0f}{row['fp32']['median_ms']:>9.3f}"
-              f"{row['int8']['bytes'] / 1024:>9.0f}{row['int8']['median_ms']:>9.3f}", flush=True)
+            contents.append(tflite_bytes(model, kind == "int8"))
+    timings = iter(zip(contents, interleaved_ms(contents, args.runs)))
+    print(f"{'trunk':<10}{'width':>6}{'depth':>6}{'params':>10}{'fp32 KB':>9}{'fp32 ms':>9}{'int8 KB':>9}{'int8 ms':>9}"
+          "  (median, batch 1, 1 thread, interleaved)")
+    for row in rows:
+        for kind in ("fp32", "int8"):
+            content, (med, p95) = next(timings)
+            row[kind] = {"bytes": len(content), "median_ms": round(med, 4), "p95_ms": round(p95, 4)}
+        print(f"{row['trunk']:<10}{row['width'] or '-':>6}{row['depth'] or '-':>6}{row['params']:>10}"
+              f"{row['fp32']['bytes'] / 1024:>9.0f}{row['fp32']['median_ms']:>9.3f}"
+              f"{row['int8']['bytes'] / 1024:>9.0f}{row['int8']['median_ms']:>9.3f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

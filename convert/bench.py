@@ -3,11 +3,15 @@
 Latency is one face at a time (batch 1) through `runtime.backends` (the real interpreter,
 `threads` threads, input quantisation and output dequantisation included: what an
 application pays per face), median and 95th percentile over `runs` calls after `warmup`.
+Several files are timed interleaved: `rounds` rounds, each giving every file its share of
+the calls in turn, so that a machine that slows down or speeds up mid-run (a shared CPU)
+moves all files alike and their ratios hold.
 No TensorFlow: this runs where the runtime runs.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -21,18 +25,51 @@ REJECTED_DIR = "rejected"  # where `facemtl convert` keeps files that failed the
 
 
 
+def time_interleaved(calls: list, runs: int = 200, warmup: int = 20, rounds: int = 10) -> list[np.ndarray]:
+    """Seconds of each of `runs` calls of every zero-argument callable in `calls`, after
+    `warmup` calls each: in each of `rounds` rounds every callable makes its share of the
+    calls in turn, so a machine that changes speed mid-run moves them all alike."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    rounds = max(1, min(rounds, runs))
+    times = [np.empty(runs) for _ in calls]
+    done = 0
+    for r in range(rounds):
+        k = runs // rounds + (r < runs % rounds)
+        for call, t in zip(calls, times):
+            for i in range(done, done + k):
+                t0 = time.perf_counter()
+                call()
+                t[i] = time.perf_counter() - t0
+        done += k
+    return times
+
+
+def _summary(times: np.ndarray) -> dict[str, float]:
+    return {"median": float(np.median(times) * 1e3), "p95": float(np.percentile(times, 95) * 1e3), "runs": len(times)}
+
+
+def _one_face_at_a_time(backend, crops: np.ndarray):
+    """A call of `backend.run` on the next face of `crops` (cycling) at each call."""
+    n, counter = len(crops), itertools.count()
+
+    def call():
+        i = next(counter) % n
+        backend.run(crops[i:i + 1])
+    return call
+
+
 def latency_ms(backend, crops: np.ndarray, runs: int = 200, warmup: int = 20) -> dict[str, float]:
     """Median and p95 milliseconds of `backend.run` on one face, cycling through `crops`."""
-    n = len(crops)
-    for i in range(warmup):
-        backend.run(crops[i % n:i % n + 1])
-    times = np.empty(runs)
-    for i in range(runs):
-        x = crops[i % n:i % n + 1]
-        t0 = time.perf_counter()
-        backend.run(x)
-        times[i] = time.perf_counter() - t0
-    return {"median": float(np.median(times) * 1e3), "p95": float(np.percentile(times, 95) * 1e3), "runs": runs}
+    return _summary(time_interleaved([_one_face_at_a_time(backend, crops)], runs, warmup, rounds=1)[0])
+
+
+def interleaved_latency_ms(backends: list, crops: list[np.ndarray], runs: int = 200, warmup: int = 20,
+                           rounds: int = 10) -> list[dict[str, float]]:
+    """`latency_ms` of several backends measured side by side (`time_interleaved`)."""
+    calls = [_one_face_at_a_time(b, x) for b, x in zip(backends, crops)]
+    return [_summary(t) for t in time_interleaved(calls, runs, warmup, rounds)]
 
 
 def find_files(paths: list[str | Path]) -> list[Path]:
@@ -52,35 +89,45 @@ def _order(row: dict) -> tuple:
 
 
 def bench_files(files: list[Path], crops=None, runs: int = 200, warmup: int = 20, threads: int = 1,
-                log=None) -> list[dict]:
-    """One row per file: format, size, latency, per-head metrics (if `crops` has ground truth)."""
+                log=None, rounds: int = 10) -> list[dict]:
+    """One row per file: format, size, latency, per-head metrics (if `crops` has ground truth).
+    The files that load are timed together, interleaved (`interleaved_latency_ms`)."""
+    from contextlib import ExitStack
+
     from runtime.backends import load_backend
 
-    rows = []
+    rows, timed = [], []  # timed: (row, backend, inputs)
     rng = np.random.default_rng(0)
-    for f in files:
-        # "rejected": it runs, but `facemtl convert` put it under rejected/ (it failed its check)
-        status = "rejected" if f.parent.name == REJECTED_DIR else "ok"
-        row = {"file": str(f), "format": f.suffix.lstrip("."), "status": status, "size_bytes": None,
-               "latency_ms": None, "metrics": {}, "error": None}
-        try:
-            row["size_bytes"] = f.stat().st_size
-            with load_backend(f, threads=threads) as b:
+    with ExitStack() as stack:
+        for f in files:
+            # "rejected": it runs, but `facemtl convert` put it under rejected/ (it failed its check)
+            status = "rejected" if f.parent.name == REJECTED_DIR else "ok"
+            row = {"file": str(f), "format": f.suffix.lstrip("."), "status": status, "size_bytes": None,
+                   "latency_ms": None, "metrics": {}, "error": None}
+            rows.append(row)
+            try:
+                row["size_bytes"] = f.stat().st_size
+                b = stack.enter_context(load_backend(f, threads=threads))
                 row["format"] = b.format
                 spec = b.spec
                 x = crops.x if crops is not None else rng.normal(size=(32, *spec.input.shape)).astype(np.float32)
-                row["latency_ms"] = latency_ms(b, x, runs=runs, warmup=warmup)
                 if crops is not None:
                     out = b.run(crops.x)
                     for h in spec.heads:
                         v = head_metric(h, out[h.name], crops.landmarks, crops.labels)
                         if v is not None:
                             row["metrics"][f"{h.name}/{h.metric}"] = v
-        except (ModelFileError, OSError, ValueError, ImportError) as e:
-            row["status"] = "failed"
-            row["error"] = str(e)
-        if log:
-            lat = row["latency_ms"]
-            log(f"{row['format']}: {f.name}: " + (f"{lat['median']:.3f} ms median" if lat else f"error: {row['error']}"))
-        rows.append(row)
+                timed.append((row, b, x))
+            except (ModelFileError, OSError, ValueError, ImportError) as e:
+                row["status"] = "failed"
+                row["error"] = str(e)
+                if log:
+                    log(f"{row['format']}: {f.name}: error: {row['error']}")
+        if timed:
+            lats = interleaved_latency_ms([b for _, b, _ in timed], [x for _, _, x in timed], runs=runs,
+                                          warmup=warmup, rounds=rounds)
+            for (row, _, _), lat in zip(timed, lats):
+                row["latency_ms"] = lat
+                if log:
+                    log(f"{row['format']}: {Path(row['file']).name}: {lat['median']:.3f} ms median")
     return sorted(rows, key=_order)

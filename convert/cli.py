@@ -165,10 +165,12 @@ def run_bench(args) -> int:
                        log=lambda m: print(m, file=sys.stderr, flush=True))
     metrics = [f"{h.name}/{h.metric}" for h in spec.heads] if crops is not None else []
     print(bench_table(rows, metrics), end="")
-    print(f"latency: batch 1, {args.threads} thread(s), median/p95 of {args.runs} calls; {note}")
+    print(f"latency: batch 1, {args.threads} thread(s), median/p95 of {args.runs} calls per file, "
+          f"the files interleaved in 10 rounds; {note}")
     dirs = [Path(p) for p in args.paths if Path(p).is_dir()]
     out = args.json or ((dirs[0] if len(dirs) == 1 else Path.cwd()) / "bench.json")
-    write_json(out, {"latency": {"batch": 1, "threads": args.threads, "runs": args.runs, "warmup": args.warmup},
+    write_json(out, {"latency": {"batch": 1, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
+                                 "rounds": 10},
                      "data": note, "rows": rows})
     print(f"wrote {out}")
     return 0 if all(r["status"] != "failed" for r in rows) else 1

@@ -1,0 +1,48 @@
+"""What a backend call costs beyond the interpreter: `invoke()` alone against `Backend.run`.
+
+For TFLite files, one face at batch 1, one thread, interleaved in rounds (every file and
+both ways of calling take turns in each round, so a shared CPU that changes speed moves
+them alike). The difference is the numpy around the interpreter: input checks, int8
+quantization of the input, dequantization of each head's output.
+
+    python bench/backend_overhead.py runtime/models/facemtl_int8.tflite converted/model_fp32.tflite
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", type=Path, help=".tflite files")
+    ap.add_argument("--runs", type=int, default=4000, help="timed calls per file and way (default 4000)")
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    from convert.bench import time_interleaved
+    from runtime.backends import load_backend
+
+    x = np.random.default_rng(0).normal(size=(1, 40, 40, 1)).astype(np.float32)
+    calls = {}
+    for f in args.files:
+        b = load_backend(f, threads=1)
+        if not hasattr(b, "_it"):
+            ap.error(f"{f}: not a TFLite file")
+        b.run(x)  # leaves the quantized input in place: invoke() alone then runs on it
+        calls[f"{f.name}: invoke()"] = b._it.invoke
+        calls[f"{f.name}: run()"] = lambda b=b: b.run(x)
+    times = time_interleaved(list(calls.values()), args.runs, warmup=200, rounds=args.rounds)
+    print(f"median ms, batch 1, 1 thread, {args.runs} calls each, interleaved in {args.rounds} rounds")
+    for name, t in zip(calls, times):
+        print(f"{np.median(t) * 1e3:8.4f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
