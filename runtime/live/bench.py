@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
                    help="--live: re-detection interval while tracking (default 15)")
     g.add_argument("--no-quality", action="store_true", help="--live: skip the jitter and NME measurements")
     g.add_argument("--align-free", type=float, default=None, metavar="DEG",
-                   help="--live: TrackingOptions.align_free, the roll left unturned in the crop (default 14; "
+                   help="--live: TrackingOptions.align_free, the roll left unturned in the crop (default 0; "
                         "0 turns every crop by the whole eye-line roll)")
     g.add_argument("--no-anchor", action="store_true",
                    help="--live: TrackingOptions.anchor off (frame tracked faces by their own landmarks alone)")

@@ -6,7 +6,7 @@
 Per frame, for each tracked face, the crop is the canonical square (`canonical_square`,
 the very framing the model was trained on) of its landmarks from the previous frame (moved
 on by the face's velocity), turned by the roll of their eye line (`eye_angle`) beyond
-`align_free` degrees. The model was trained on
+`align_free` degrees (default 0: upright crops). The model was trained on
 squares jittered by +-8% shift, +-12% scale and +-18 degrees (train/pipeline.py `Augment`),
 so a face that moved less than that between two frames is still framed well enough, and
 its new landmarks re-centre the next crop. No detector, no full-frame colour conversion:
@@ -60,14 +60,14 @@ class TrackingOptions:
     detect_every: run the detector every N frames while faces are tracked (always when
         none is). 1 detects on every frame (tracks still give ids and smoothing).
     align / align_free: turn each crop by the part of the eye line's roll (of the last
-        landmarks) beyond `align_free` degrees, so a face rolled past the model's +-18 degree
-        training range is at most `align_free` off upright in its crop. Not the whole roll:
-        the crop angle then comes from the model's own answer, and its roll bias feeds back
-        through it and compounds (on the still sample face, framed by the detector, the eye
-        line comes out 1.6-2.0 degrees off the annotation). Sample stream, moving NME against the still image: 1.09x (Haar) and
-        1.11x (YuNet) at 14 degrees, 1.07x and 1.30x with full alignment (`facemtl bench
-        --live --align-free 0`; docs/live.md). 14 degrees: the training roll range (18) less
-        a margin for that bias.
+        landmarks) beyond `align_free` degrees (default 0: the whole roll, so every crop is
+        upright as in training). A free range keeps the crop upright for small rolls, which
+        helps a model whose roll answer is biased: the crop angle comes from the model's own
+        answer, and its bias feeds back through it. With the first default model (eye line
+        1.6-2.0 degrees off on the still sample face) 14 degrees was better (moving NME 1.09x
+        / 1.11x the still image with Haar / YuNet, against 1.07x / 1.30x at 0); with today's
+        (+1.0 degrees) full alignment is: 0.92x / 1.06x at 0, 1.10x / 1.29x at 14 (`facemtl
+        bench --live --align-free 14`; docs/live.md).
     anchor: size a tracked face's crop as its detector did, not as its own landmarks would.
         On the frame that starts a track, the side of the detector's square (calibrated to the
         training framing) is compared with the side of the canonical square of the landmarks
@@ -104,7 +104,7 @@ class TrackingOptions:
 
     detect_every: int = 15
     align: bool = True
-    align_free: float = 14.0
+    align_free: float = 0.0
     anchor: bool = True
     smooth_landmarks: bool = True
     landmark_filter: OneEuroParams = field(default_factory=OneEuroParams)
