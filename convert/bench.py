@@ -22,6 +22,7 @@ from runtime.artifact import ModelFileError
 from runtime.formats import FORMAT_NAMES, SUFFIXES
 
 REJECTED_DIR = "rejected"  # where `facemtl convert` keeps files that failed their check
+ROUNDS = 10  # rounds of interleaved timing in `facemtl bench`
 
 
 
@@ -89,7 +90,7 @@ def _order(row: dict) -> tuple:
 
 
 def bench_files(files: list[Path], crops=None, runs: int = 200, warmup: int = 20, threads: int = 1,
-                log=None, rounds: int = 10) -> list[dict]:
+                log=None, rounds: int = ROUNDS) -> list[dict]:
     """One row per file: format, size, latency, per-head metrics (if `crops` has ground truth).
     The files that load are timed together, interleaved (`interleaved_latency_ms`)."""
     from contextlib import ExitStack

@@ -135,7 +135,7 @@ def run_bench(args) -> int:
         raise CommandError("give model files or a folder of them (the --out of `facemtl convert`)")
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.limit < 0:
         raise CommandError("--runs and --threads must be >= 1, --warmup and --limit >= 0")
-    from convert.bench import bench_files, find_files
+    from convert.bench import ROUNDS, bench_files, find_files
     from convert.report import bench_table, write_json
     from runtime.artifact import ModelFileError, check_path, read_spec
 
@@ -166,11 +166,11 @@ def run_bench(args) -> int:
     metrics = [f"{h.name}/{h.metric}" for h in spec.heads] if crops is not None else []
     print(bench_table(rows, metrics), end="")
     print(f"latency: batch 1, {args.threads} thread(s), median/p95 of {args.runs} calls per file, "
-          f"the files interleaved in 10 rounds; {note}")
+          f"the files interleaved in {ROUNDS} rounds; {note}")
     dirs = [Path(p) for p in args.paths if Path(p).is_dir()]
     out = args.json or ((dirs[0] if len(dirs) == 1 else Path.cwd()) / "bench.json")
     write_json(out, {"latency": {"batch": 1, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-                                 "rounds": 10},
+                                 "rounds": ROUNDS},
                      "data": note, "rows": rows})
     print(f"wrote {out}")
     return 0 if all(r["status"] != "failed" for r in rows) else 1

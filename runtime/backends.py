@@ -61,8 +61,6 @@ class Backend:
         if n <= MAX_BATCH:  # the common case (one frame's faces) without the chunking around it
             return self._run_chunk(np.ascontiguousarray(batch))
         parts = [self._run_chunk(np.ascontiguousarray(batch[i:i + MAX_BATCH])) for i in range(0, n, MAX_BATCH)]
-        if len(parts) == 1:
-            return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _run_chunk(self, batch: np.ndarray) -> dict[str, np.ndarray]:

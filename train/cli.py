@@ -94,11 +94,11 @@ def _run_train(args) -> int:
 
     cfg = TrainConfig(
         data=_data_dir(args.data), out=args.out, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
-        weights=args.weights, trunk=args.trunk, width=args.width, dropout=args.dropout, activation=args.activation, depth=args.depth,
-        learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
+        weights=args.weights, trunk=args.trunk, width=args.width, depth=args.depth, dropout=args.dropout,
+        activation=args.activation, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         augment=args.augment, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
-        monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing, balance=args.balance, pose_balance=args.pose_balance, crop=args.crop,
-        limit=args.limit,
+        monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing,
+        balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, limit=args.limit,
     )
     try:
         result = train(cfg)
