@@ -117,8 +117,10 @@ def test_a_camera_that_comes_back_is_reopened(tmp_path):
     try:
         for _ in range(3):
             source.read()
+        # the grabber's thread counts the reopen after reopen() returns: wait for the count,
+        # not for the call, or the assert can run between the two
         deadline = time.monotonic() + 3
-        while not opened and time.monotonic() < deadline:
+        while grabber.reopened < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert opened and grabber.reopened >= 1
     finally:
