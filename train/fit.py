@@ -75,15 +75,16 @@ def class_priors(ann, spec: ModelSpec, heads, sample_weights=None) -> dict[str, 
     `sample_weights`, as resampled (see `pose_sampling_weights`)."""
     import numpy as np
 
-    from runtime.spec import POSE_FLIP
+    from train.pipeline import pose_counts
 
     priors = {}
     for h in spec.heads:
         if h.kind != "classification" or h.name not in heads:
             continue
-        counts = np.bincount(ann.labels[h.name], weights=sample_weights, minlength=h.units).astype(float)
         if h.name == "pose":
-            counts = 0.5 * (counts + counts[list(POSE_FLIP)])
+            counts = pose_counts(ann.labels["pose"], sample_weights)
+        else:
+            counts = np.bincount(ann.labels[h.name], weights=sample_weights, minlength=h.units).astype(float)
         priors[h.name] = tuple(float(v) for v in np.maximum(counts, 1) / counts.sum())
     return priors
 

@@ -119,15 +119,17 @@ class FaceSource:
         return x, y, a
 
 
-def pose_sampling_weights(pose: np.ndarray, alpha: float) -> np.ndarray:
-    """Per-face draw weights ~ frequency(pose) ** -alpha, normalised to mean 1.
+def pose_counts(pose: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Pose class counts as training sees them: a flip turns a pose into its mirror, so a
+    face counts half as its own pose and half as the mirrored one (`weights`: per face)."""
+    counts = np.bincount(pose, weights=weights, minlength=len(POSE_FLIP)).astype(float)
+    return 0.5 * (counts + counts[list(POSE_FLIP)])
 
-    Frequencies count the flips: a flip turns a pose into its mirror, so a face counts half
-    as its own pose and half as the mirrored one. alpha 1 then shows the model each of the
-    five poses equally often."""
-    counts = np.bincount(pose, minlength=len(POSE_FLIP)).astype(float)
-    counts = np.maximum(counts + counts[list(POSE_FLIP)], 1.0)
-    w = counts[pose] ** -float(alpha)
+
+def pose_sampling_weights(pose: np.ndarray, alpha: float) -> np.ndarray:
+    """Per-face draw weights ~ frequency(pose) ** -alpha (`pose_counts`, flips counted),
+    normalised to mean 1. alpha 1 then shows the model each of the five poses equally often."""
+    w = pose_counts(pose)[pose] ** -float(alpha)  # every pose present counts at least 0.5
     return w / w.mean()
 
 
@@ -145,6 +147,7 @@ def make_dataset(source: FaceSource, batch_size: int, shuffle: bool, seed: int =
         if len(weights) != n:
             raise ValueError(f"{len(weights)} sampling weights for {n} faces")
         cdf = tf.constant(np.cumsum(weights) / np.sum(weights), tf.float64)
+
         def pick(v):  # inverse CDF of a uniform draw
             u = tf.reshape(tf.cast(v % 2**30, tf.float64) / 2**30, [1])
             return tf.minimum(tf.searchsorted(cdf, u, out_type=tf.int64)[0], n - 1)

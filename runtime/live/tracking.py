@@ -72,11 +72,12 @@ class TrackingOptions:
         On the frame that starts a track, the side of the detector's square (calibrated to the
         training framing) is compared with the side of the canonical square of the landmarks
         the model gave on that crop; later crops are the landmarks' square scaled by that
-        ratio. The model's landmark square is biased in size for a given face (on the sample
-        face, framed by the detector: 2% larger than the true one), and a crop framed from
-        it alone compounds the bias
-        (sample stream, Haar: moving NME 4.18% without, 3.72% with; `facemtl bench --live
-        --no-anchor`). Size only, measured once per track: anchoring the centre as well, or
+        ratio. A model's landmark square can be biased in size for a given face, and a crop
+        framed from it alone compounds the bias: the first default model's square was 2%
+        too large on the sample face, and without the anchor its moving NME was 1.23x the
+        still image. Today's model is nearly unbiased there (1.002x); `--no-anchor` lowers
+        its moving NME but leaves the still face jumpier (smoothed jitter 2.9x lower than
+        raw against 4.6x; `facemtl bench --live --no-anchor`). Size only, measured once per track: anchoring the centre as well, or
         re-measuring at each re-detection, brings the detector's box noise into the crop
         (still-face jitter 0.19-0.32 px against 0.09-0.15, in trials whose code was not kept).
     smooth_landmarks / landmark_filter: One Euro filter on the reported landmarks.
