@@ -168,7 +168,7 @@ def _tflite_converter(fmt: Format, ctx: ExportContext):
         conv.target_spec.supported_types = [tf.float16]
     elif fmt.variant == "dynamic":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif fmt.variant == "int8":
+    elif fmt.variant in ("int8", "int8-float"):
         crops = ctx.need_calibration(fmt)
 
         def representative():
@@ -178,8 +178,9 @@ def _tflite_converter(fmt: Format, ctx: ExportContext):
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
+        if fmt.integer_io:  # else float32 in and out, converted by the graph's own ops
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
     elif fmt.variant != "fp32":
         raise ExportError(f"no TFLite recipe for {fmt.name}")
     return conv

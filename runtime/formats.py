@@ -39,7 +39,7 @@ class Format:
 
     @property
     def variant(self) -> str:
-        """The part after the backend: fp32, fp16, dynamic, int8."""
+        """The part after the backend: fp32, fp16, dynamic, int8, int8-float."""
         return self.name.split("-", 1)[1]
 
     def file_name(self, stem: str = "model") -> str:
@@ -58,6 +58,12 @@ FORMATS: tuple[Format, ...] = (
            integer_io=True,
            description="full integer: int8 weights, activations, input and outputs; calibrated on training crops, "
                        "ranges equalized first"),
+    # The same integer graph with float32 at its edges: TFLite's own QUANTIZE and DEQUANTIZE ops
+    # convert the input and the outputs inside `invoke`, which at batch 1 costs less than
+    # doing it in numpy around the call (`python bench/backend_overhead.py`). The packaged default.
+    Format("tflite-int8-float", TFLITE, ("calibration", "equalize"), "convert.export:export_tflite",
+           description="int8 weights and activations, float32 input and outputs (quantized inside the graph); "
+                       "calibrated and equalized as tflite-int8"),
     Format("onnx-fp32", ONNX, ("opset",), "convert.export:export_onnx", atol=1e-4,
            description="float32 ONNX (tf2onnx)"),
     Format("onnx-int8", ONNX, ("opset", "calibration", "per_channel", "equalize"),

@@ -126,6 +126,24 @@ def test_int8_io_quantised_with_the_files_own_parameters(files, batch):
         np.testing.assert_allclose(out[name], (raw[name].astype(np.float32) - z) * s, atol=1e-6)
 
 
+def test_int8_with_float_io_is_the_int8_graph_with_quantization_inside(files, batch):
+    """tflite-int8-float takes and gives float32, and its QUANTIZE/DEQUANTIZE ops compute what
+    the backend's numpy does around the int8-I/O file: same calibration, same integer graph."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = files["tflite-int8-float"]
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    assert all(np.dtype(d["dtype"]) == np.float32 for d in
+               [*runner.get_input_details().values(), *runner.get_output_details().values()])
+    assert read_spec(path).quantization == {}
+    ours, ref = load_backend(path), load_backend(files["tflite-int8"])
+    a, b = ours.run(batch), ref.run(batch)
+    for name, q in ref.quantization.items():
+        if name != "input":
+            # at most one quantization step apart (rounding of the input may differ by one code)
+            np.testing.assert_allclose(a[name], b[name], atol=1.01 * q.scale, err_msg=name)
+
+
 def test_wrong_input_shape_is_a_clear_error(files):
     b = load_backend(files["onnx-fp32"])
     with pytest.raises(ValueError, match=r"expected a batch of shape \(N, 40, 40, 1\)"):

@@ -21,7 +21,8 @@ from runtime.spec import default_spec
 
 
 def test_format_table_is_the_single_source():
-    assert FORMAT_NAMES == ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8")
+    assert FORMAT_NAMES == ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "tflite-int8-float",
+                            "onnx-fp32", "onnx-int8")
     for f in FORMATS:
         module, func = f.exporter.split(":")
         assert callable(getattr(importlib.import_module(module), func)), f.exporter
@@ -78,6 +79,7 @@ def test_spec_travels_inside_every_file():
 def test_int8_file_is_much_smaller_than_fp32():
     files = converted()
     assert files["tflite-int8"].stat().st_size * 3 < files["tflite-fp32"].stat().st_size
+    assert files["tflite-int8-float"].stat().st_size * 3 < files["tflite-fp32"].stat().st_size
     assert files["onnx-int8"].stat().st_size * 2.5 < files["onnx-fp32"].stat().st_size  # QDQ scales weigh on a tiny model
 
 
@@ -330,7 +332,7 @@ def test_bench_table_and_json(tmp_path, tiny_mtfl, capsys):
                                      "pose/accuracy"}
     header = stdout.splitlines()[0].split()
     assert header[:6] == ["format", "status", "size", "MB", "ms", "median"]
-    assert sum(line.startswith(("tflite-", "onnx-")) for line in stdout.splitlines()) == 6
+    assert sum(line.startswith(("tflite-", "onnx-")) for line in stdout.splitlines()) == len(FORMAT_NAMES)
 
 
 def test_bench_times_files_interleaved_in_rounds():

@@ -47,6 +47,34 @@ def test_trunk_depth_drops_the_last_blocks_and_round_trips():
         build_model(default_spec(), width=8, depth=7)
 
 
+def test_stem_first_block_and_head_hidden_options_round_trip():
+    narrow = build_model(default_spec(), width=8, first_block=1)
+    wide = build_model(default_spec(), width=8)  # the default: two widths
+    assert narrow.get_layer("block1_pw").filters == 8 and wide.get_layer("block1_pw").filters == 16
+    old = {k: v for k, v in narrow.get_config().items() if k != "first_block"}  # a file from before the option
+    assert FaceMTL.from_config(old).get_layer("block1_pw").filters == 16
+    small_stem = build_model(default_spec(), width=8, stem=4)
+    assert small_stem.get_layer("stem_conv").filters == 4 and wide.get_layer("stem_conv").filters == 8
+    assert FaceMTL.from_config(small_stem.get_config()).get_layer("stem_conv").filters == 4
+    hidden = build_model(default_spec(), width=8, head_hidden=16)
+    assert hidden.get_layer("gender_hidden").units == 16 and "landmarks_hidden" not in {l.name for l in hidden.layers}
+    assert list(hidden.output.keys()) == list(default_spec().head_names)
+    again = FaceMTL.from_config(hidden.get_config())
+    assert again.get_config() == hidden.get_config() and again.count_params() == hidden.count_params()
+    assert hidden.count_params() == wide.count_params() + 4 * (256 * 16 + 16) + 16 * (2 + 2 + 2 + 5) - 256 * (2 + 2 + 2 + 5)
+
+
+def test_crop_scale_option_reaches_the_spec_the_model_carries():
+    from train.config import TrainConfig
+    from train.fit import run_spec
+
+    assert run_spec(TrainConfig(data=Path("."), out=Path("."))).crop.scale == default_spec().crop.scale
+    spec = run_spec(TrainConfig(data=Path("."), out=Path("."), crop_scale=4.5))
+    assert spec.crop.scale == 4.5
+    model = build_model(spec, width=8)
+    assert FaceMTL.from_config(model.get_config()).model_spec.crop.scale == 4.5
+
+
 def test_pose_sampling_weights_pool_mirrors_and_equalise_at_one():
     from train.pipeline import pose_sampling_weights
 
@@ -171,6 +199,26 @@ def test_tiny_train_export_load_evaluate(tiny_mtfl, tmp_path):
     assert np.isfinite(lm["nme"]) and 0 <= lm["failure_rate"] <= 100 and 0 <= lm["auc10"] <= 1
     assert sum(map(sum, report.heads["pose"]["confusion"])) == 40
     assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"landmarks_ced.png", "faces.png", "pose_confusion.png"}
+
+
+@pytest.mark.slow
+def test_ema_averages_the_exported_weights_not_the_training(tiny_mtfl, tmp_path):
+    """With --ema the exported model holds the moving average of the weights; training itself
+    follows the same path (BatchNorm statistics, which are not averaged, come out identical)."""
+    from train.fit import TrainConfig, train
+
+    models = {}
+    for ema in (0.0, 0.5):
+        res = train(TrainConfig(data=tiny_mtfl, out=tmp_path / f"ema{ema}", epochs=1, batch_size=16, width=8,
+                                ema=ema, verbose=0))
+        models[ema] = load_model(res.model_path)
+    plain, averaged = models[0.0], models[0.5]
+    for a, b in zip(plain.trainable_weights, averaged.trainable_weights):
+        assert a.path == b.path
+    differ = [not np.allclose(a.numpy(), b.numpy(), atol=1e-6) for a, b in zip(plain.trainable_weights, averaged.trainable_weights)]
+    assert all(differ), "every trainable weight is averaged"
+    for a, b in zip(plain.non_trainable_weights, averaged.non_trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
 
 
 @pytest.mark.slow

@@ -62,6 +62,13 @@ def register_train(sub) -> None:
     p.add_argument("--width", type=int, default=d.width, help="trunk width (mtfl)")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--depth", type=int, default=d.depth, help="separable blocks of the mtfl trunk (1-6)")
+    p.add_argument("--first-block", type=int, default=d.first_block,
+                   help="filters of the first separable block as a multiple of --width (mtfl)")
+    p.add_argument("--stem", type=int, default=d.stem, help="filters of the stem convolution (mtfl; default: --width)")
+    p.add_argument("--head-hidden", type=int, default=d.head_hidden,
+                   help="a hidden layer of N units (ReLU6) in each classification head (0: linear heads)")
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="momentum of the weights' moving average used for validation and export (0: off)")
     p.add_argument("--activation", default=d.activation, choices=["relu6", "relu"], help="trunk activation (mtfl)")
     p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
@@ -75,6 +82,9 @@ def register_train(sub) -> None:
                         "the majority class does not win by default (default: gender,pose; '' for none)")
     p.add_argument("--pose-balance", type=float, default=d.pose_balance,
                    help="draw faces with probability ~ pose frequency ** -X each epoch (0: each face once; 1: poses equal)")
+    p.add_argument("--crop-scale", type=float, default=d.crop_scale,
+                   help="side of the face square in RMS radii of the five landmarks (default: the spec's 3.6; "
+                        "larger shows more hair and chin at a lower landmark resolution)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train on plain canonical crops")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) missing or undecodable images")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
@@ -94,11 +104,13 @@ def _run_train(args) -> int:
 
     cfg = TrainConfig(
         data=_data_dir(args.data), out=args.out, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
-        weights=args.weights, trunk=args.trunk, width=args.width, depth=args.depth, dropout=args.dropout,
+        weights=args.weights, trunk=args.trunk, width=args.width, depth=args.depth,
+        first_block=args.first_block, stem=args.stem, head_hidden=args.head_hidden, ema=args.ema, dropout=args.dropout,
         activation=args.activation, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         augment=args.augment, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
         monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing,
-        balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, limit=args.limit,
+        balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, crop_scale=args.crop_scale,
+        limit=args.limit,
     )
     try:
         result = train(cfg)

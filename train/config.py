@@ -21,6 +21,12 @@ class TrainConfig:
     dropout: float = 0.2
     activation: str = "relu6"
     depth: int = 5                         # separable blocks of the mtfl trunk (README, "How the default was chosen")
+    first_block: int = 2                   # filters of the first separable block, as a multiple of width
+    stem: int = 0                          # filters of the stem convolution (0: width)
+    head_hidden: int = 0                   # a hidden layer of this many units in each classification head
+    # Polyak averaging of the weights (Keras's optimizer EMA): validation, the best checkpoint
+    # and the exported model use the averaged weights. 0 turns it off.
+    ema: float = 0.0
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
@@ -39,5 +45,6 @@ class TrainConfig:
     # each face once per epoch; 0.5 gives the rarer poses, where landmarks fail most, more turns
     pose_balance: float = 0.0
     crop: str = "landmarks"                # or "image": the blog's whole-image recipe, for comparison
+    crop_scale: float = 0.0                # side of the face square in RMS landmark radii (0: the spec's, 3.6)
     limit: int = 0                         # use only the first N training faces (smoke runs)
     verbose: int = 1

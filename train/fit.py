@@ -66,6 +66,8 @@ def run_spec(cfg: TrainConfig) -> ModelSpec:
         spec = spec.with_weights(cfg.weights)
     if cfg.crop != spec.crop.mode:
         spec = spec.replace(crop=dataclasses.replace(spec.crop, mode=cfg.crop))
+    if cfg.crop_scale:
+        spec = spec.replace(crop=dataclasses.replace(spec.crop, scale=cfg.crop_scale))
     return spec.replace(trunk=cfg.trunk)
 
 
@@ -148,12 +150,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     steps = math.ceil(len(tr) / batch)
     with strategy.scope():
         model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout, activation=cfg.activation,
-                            depth=cfg.depth)
+                            depth=cfg.depth, first_block=cfg.first_block, head_hidden=cfg.head_hidden,
+                            stem=cfg.stem)
         schedule = keras.optimizers.schedules.CosineDecay(
             cfg.learning_rate * 0.1, decay_steps=max(1, steps * cfg.epochs - steps), warmup_target=cfg.learning_rate,
             warmup_steps=steps, alpha=0.01)
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, use_ema=cfg.ema > 0,
+                                           ema_momentum=cfg.ema or 0.99)
         heads = MultiHead.from_spec(spec, loss_name=cfg.landmark_loss, label_smoothing=cfg.label_smoothing,
+                                    hidden=cfg.head_hidden,
                                     priors=class_priors(tr.annotations, spec, cfg.balance, draw_weights))
         model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args())
 
@@ -161,6 +166,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     best_weights = out / "best.weights.h5"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch", delete_checkpoint=False),
+        # after the backup (which keeps the live weights, the averages ride in the optimizer's
+        # state) and before everything that validates or saves: those see the averaged weights
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []),
         cb.AtomicBestWeights(best_weights, monitor=cfg.monitor, initial_best=best_value),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),

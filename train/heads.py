@@ -123,6 +123,15 @@ class ClassificationHead(Head):
 
     label_smoothing: float = 0.0
     prior: tuple[float, ...] | None = None
+    hidden: int = 0  # units of a hidden layer of the head's own (0: logits straight from the features)
+
+    def __call__(self, features):
+        if self.hidden:
+            # capacity for this task alone: the shared 256 features are shaped mostly by the
+            # landmark loss, and a linear read of them is all a plain head gets
+            features = keras.layers.Dense(self.hidden, name=f"{self.name}_hidden")(features)
+            features = keras.layers.ReLU(max_value=6.0, name=f"{self.name}_hidden_relu")(features)
+        return self.output_layer()(features)
 
     def loss(self):
         if self.prior is not None or self.label_smoothing:
@@ -153,12 +162,12 @@ class AdjustedCE(keras.losses.Loss):
 
 
 def make_head(spec: HeadSpec, loss_name: str = "nme", label_smoothing: float = 0.0,
-              priors: Mapping[str, tuple[float, ...]] | None = None) -> Head:
+              priors: Mapping[str, tuple[float, ...]] | None = None, hidden: int = 0) -> Head:
     if spec.kind == REGRESSION:
         return RegressionHead(spec, loss_name=loss_name)
     if spec.kind == CLASSIFICATION:
         prior = tuple(priors[spec.name]) if priors and spec.name in priors else None
-        return ClassificationHead(spec, label_smoothing=label_smoothing, prior=prior)
+        return ClassificationHead(spec, label_smoothing=label_smoothing, prior=prior, hidden=hidden)
     raise ValueError(f"head {spec.name!r}: unknown kind {spec.kind!r}")
 
 

@@ -20,7 +20,8 @@ from train.trunks import build_trunk
 @keras.saving.register_keras_serializable("facemtl")
 class FaceMTL(keras.Model):
     def __init__(self, spec: dict, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
-                 activation: str = "relu6", depth: int = 5, **kwargs):
+                 activation: str = "relu6", depth: int = 5, first_block: int = 2, head_hidden: int = 0, stem: int = 0,
+                 **kwargs):
         model_spec = ModelSpec.from_dict(spec)
         if not model_spec.heads:
             raise ValueError("the model spec has no heads; give at least one (--heads)")
@@ -30,8 +31,10 @@ class FaceMTL(keras.Model):
         if trunk != "tcdcn":
             options["activation"] = activation
             options["depth"] = depth
+            options["first_block"] = first_block
+            options["stem"] = stem
         features = build_trunk(trunk, inputs, **options)
-        outputs = MultiHead.from_spec(model_spec).outputs(features)
+        outputs = MultiHead.from_spec(model_spec, hidden=head_hidden).outputs(features)
         kwargs.setdefault("name", "facemtl")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         # === Config ===
@@ -41,6 +44,9 @@ class FaceMTL(keras.Model):
         self.dropout = dropout
         self.activation = activation
         self.depth = depth
+        self.first_block = first_block
+        self.head_hidden = head_hidden
+        self.stem = stem
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -54,20 +60,24 @@ class FaceMTL(keras.Model):
             "dropout": self.dropout,
             "activation": self.activation,
             "depth": self.depth,
+            "first_block": self.first_block,
+            "head_hidden": self.head_hidden,
+            "stem": self.stem,
             "name": self.name,
         }
 
     @classmethod
     def from_config(cls, config):
-        # files written before the trunk depth was an option have the six-block mtfl trunk
-        return cls(**{"depth": 6, **config})
+        # files written before these options existed have the trunk of their time: six blocks
+        # before `depth`, a first block of two widths before `first_block`
+        return cls(**{"depth": 6, "first_block": 2, **config})
 
 
 def build_model(spec: ModelSpec, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
-                activation: str = "relu6", depth: int = 5) -> FaceMTL:
+                activation: str = "relu6", depth: int = 5, first_block: int = 2, head_hidden: int = 0, stem: int = 0) -> FaceMTL:
     spec = spec.replace(trunk=trunk)
     return FaceMTL(spec.to_dict(), trunk=trunk, width=width, dropout=dropout, activation=activation,
-                   depth=depth)
+                   depth=depth, first_block=first_block, head_hidden=head_hidden, stem=stem)
 
 
 def save_model(model: FaceMTL, path: str | Path) -> None:

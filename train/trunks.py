@@ -72,7 +72,8 @@ def _separable(x, filters: int, stride: int, name: str, activation: str):
 _MTFL_BLOCKS = ((2, 1), (2, 2), (2, 1), (4, 2), (4, 1), (4, 1))
 
 
-def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", depth: int = 5):
+def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", depth: int = 5, first_block: int = 2,
+         stem: int = 0):
     """The default: a BN+ReLU trunk of depthwise-separable blocks sized for 40x40 and the edge.
 
     A full 3x3 stem with stride 2, then separable blocks down to 5x5. The last map is
@@ -80,12 +81,20 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     pooling throws away. Depthwise-separable because full 3x3 convolutions of the same
     width cost 3x the latency on a CPU for little accuracy (README, "How the default was chosen").
     `depth` keeps the first blocks of the table: five (the default) are 5% faster in int8
-    than six and scored better on validation (README, run 6).
+    than six and scored better on validation (README, run 6). `first_block` sets the filters
+    of the first block (a multiple of width): at 20x20 its pointwise convolution is the
+    costliest layer (one width: int8 0.157 against 0.182 ms, `bench/trunks.json`). `stem`:
+    filters of the first convolution (0: `width`).
     """
-    x = _conv_bn(x, width, 2, "stem", activation)  # 20x20
+    # The stem reads 3x3 grey patches: nine numbers, so at most nine independent linear
+    # features; filters past that mostly add cost at 20x20 (its and block 1's).
+    x = _conv_bn(x, stem or width, 2, "stem", activation)  # 20x20
     if not 1 <= depth <= len(_MTFL_BLOCKS):
         raise ValueError(f"depth must be 1..{len(_MTFL_BLOCKS)} separable blocks, got {depth}")
-    for i, (mult, stride) in enumerate(_MTFL_BLOCKS[:depth], 1):
+    if first_block < 1:
+        raise ValueError(f"first_block must be >= 1, got {first_block}")
+    blocks = ((first_block, _MTFL_BLOCKS[0][1]),) + _MTFL_BLOCKS[1:depth]
+    for i, (mult, stride) in enumerate(blocks, 1):
         x = _separable(x, mult * width, stride, f"block{i}", activation)
     x = layers.Flatten(name="flatten")(x)
     if dropout:
