@@ -68,7 +68,8 @@ def _separable(x, filters: int, stride: int, name: str, activation: str):
     return _act(x, activation, f"{name}_pw_relu")
 
 
-# (filters as multiples of width, stride): 40 -> 20 -> 10 -> 5
+# (filters as multiples of width, stride): 40 -> 20 -> 10 -> 5. The first row's multiple is
+# what `first_block` replaces (2 is its default).
 _MTFL_BLOCKS = ((2, 1), (2, 2), (2, 1), (4, 2), (4, 1), (4, 1))
 
 
