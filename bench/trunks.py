@@ -91,8 +91,7 @@ def main() -> int:
             content, (med, p95) = next(timings)
             row[kind] = {"bytes": len(content), "median_ms": round(med, 4), "p95_ms": round(p95, 4)}
         print(f"{row['trunk']:<10}{row['width'] or '-':>6}{row['depth'] or '-':>6}{row['first_block'] or '-':>6}"
-              f"{row['stem'] or '-':>6}"
-              f"{row['params']:>10}"
+              f"{row['stem'] or '-':>6}{row['params']:>10}"
               f"{row['fp32']['bytes'] / 1024:>9.0f}{row['fp32']['median_ms']:>9.3f}"
               f"{row['int8']['bytes'] / 1024:>9.0f}{row['int8']['median_ms']:>9.3f}")
     if args.json:

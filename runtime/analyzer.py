@@ -36,8 +36,9 @@ from runtime.spec import REGRESSION, ModelSpec, SpecError
 PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL_FILES = ("facemtl_int8.tflite", "facemtl_fp32.onnx")
 # Model files looked for, in order, in a model folder given as --model DIR.
-_DIR_MODEL_FILES = DEFAULT_MODEL_FILES + ("model_int8-float.tflite", "model_int8.tflite", "model_fp32.onnx", "model_fp16.tflite",
-                                          "model_fp32.tflite", "model_dynamic.tflite", "model_int8.onnx")
+_DIR_MODEL_FILES = DEFAULT_MODEL_FILES + ("model_int8-float.tflite", "model_int8.tflite", "model_fp32.onnx",
+                                          "model_fp16.tflite", "model_fp32.tflite", "model_dynamic.tflite",
+                                          "model_int8.onnx")
 _INTERPRETERS = {".tflite": ("ai_edge_litert", "tflite_runtime"), ".onnx": ("onnxruntime",)}
 _INSTALL = {".tflite": "pip install ai-edge-litert (or tflite-runtime)", ".onnx": "pip install onnxruntime"}
 

@@ -204,7 +204,8 @@ class TFLiteBackend(Backend):
     def _prepare_quantization(self) -> None:
         """Constants of the per-call (de)quantization, computed once: at batch 1 the numpy
         calls around `invoke` are a large part of a call (`python bench/backend_overhead.py`:
-        run() 0.235 ms against invoke() 0.184 ms on the packaged int8 file)."""
+        run() 0.213 ms against invoke() 0.179 ms on a tflite-int8 file of the default model).
+        The packaged file is tflite-int8-float, whose graph does this itself (docs/convert.md)."""
         q = self._in_q
         if q is not None:
             info = np.iinfo(self._in_dtype)
