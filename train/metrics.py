@@ -11,6 +11,24 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 FAILURE_NME = 10.0  # percent: a face whose NME exceeds this is a failure
+BOOTSTRAP = 2000     # resamples behind each 95% interval
+
+
+def bootstrap_ci(per_face: np.ndarray, statistic=np.mean, resamples: int = BOOTSTRAP, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of `statistic` over faces (resampled with replacement).
+
+    Seeded, so a report is reproducible. It says how far a figure could move on another draw
+    of faces like these: on 1,016 validation faces an accuracy near 85% spans about +-2.2
+    points, on 2,995 test faces about +-1.3, which is the scale of the differences between
+    training runs (README, "How the default was chosen").
+    """
+    x = np.asarray(per_face, np.float64)
+    if len(x) == 0:
+        return [float("nan"), float("nan")]
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    stats = statistic(x[idx], axis=1)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def nme_per_face(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -44,6 +62,8 @@ class LandmarkMetrics:
     failure_rate: float         # percent of faces with NME > 10%
     auc10: float                # area under the CED up to 10%, 0..1
     per_landmark: dict[str, float]
+    nme_ci95: list[float]       # 95% bootstrap interval of the mean NME
+    failure_rate_ci95: list[float]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +79,8 @@ def landmark_metrics(pred: np.ndarray, true: np.ndarray, names) -> LandmarkMetri
         failure_rate=float(100.0 * (per_face > FAILURE_NME).mean()),
         auc10=ced_auc(per_face),
         per_landmark={n: float(v) for n, v in zip(names, per_point)},
+        nme_ci95=bootstrap_ci(per_face),
+        failure_rate_ci95=bootstrap_ci(100.0 * (per_face > FAILURE_NME)),
     )
 
 
@@ -69,6 +91,7 @@ class ClassMetrics:
     balanced_accuracy: float   # percent: mean recall over classes present in the truth
     labels: list[str]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
+    accuracy_ci95: list[float]  # 95% bootstrap interval of the accuracy, percent
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,4 +112,27 @@ def class_metrics(pred_ids: np.ndarray, true_ids: np.ndarray, labels) -> ClassMe
         balanced_accuracy=float(100.0 * recall.mean()),
         labels=list(labels),
         confusion=cm.tolist(),
+        accuracy_ci95=bootstrap_ci(100.0 * (pred_ids == true_ids)),
     )
+
+
+def calibration(probabilities: np.ndarray, true_ids: np.ndarray, labels, bins: int = 15) -> dict:
+    """How far a head's scores can be read as probabilities.
+
+    `ece`: expected calibration error of the top score, in points (15 equal-width bins: the
+    mean gap between confidence and accuracy, weighted by faces); `confidence`: the mean top
+    score; `p_true`: per annotated class, the mean score the head gives that class. A head
+    trained with class-balanced logits answers the balanced question, so its scores are not
+    calibrated to any one data set's class mix; `p_true` shows where they lean.
+    """
+    p = np.asarray(probabilities, np.float64)
+    true_ids = np.asarray(true_ids, np.int64)
+    top = p.max(axis=1)
+    right = p.argmax(axis=1) == true_ids
+    which = np.minimum((top * bins).astype(int), bins - 1)
+    ece = sum(abs(right[which == b].mean() - top[which == b].mean()) * (which == b).mean()
+              for b in range(bins) if (which == b).any())
+    p_true = p[np.arange(len(true_ids)), true_ids]
+    return {"ece": float(100.0 * ece), "confidence": float(top.mean()) if len(top) else float("nan"),
+            "p_true": {label: float(p_true[true_ids == k].mean())
+                       for k, label in enumerate(labels) if (true_ids == k).any()}}

@@ -74,4 +74,31 @@ def write_plots(out: Path, spec: ModelSpec, report, data, outputs: dict, mats: n
             _save(fig, out / f"{h.name}_confusion.png")
             plt.close(fig)
             written.append(out / f"{h.name}_confusion.png")
+            written.append(_contradicted(plt, out, spec, h, data, outputs, report.split, grid))
     return written
+
+
+def _contradicted(plt, out: Path, spec: ModelSpec, head, data, outputs: dict, split: str, grid: int) -> Path:
+    """The faces the model gets wrong, the most confident first: where to look for annotation
+    errors before blaming the model (`evaluate.confident_errors`)."""
+    from runtime.preprocess import crop, face_square
+    from train.evaluate import CONTRADICTED_BELOW, confident_errors, contradicted
+
+    probs = head.decode(outputs[head.name])["probabilities"]
+    true = data.annotations.labels[head.name]
+    errors = confident_errors(probs, true)
+    path = out / f"{head.name}_contradicted.png"
+    fig, axes = plt.subplots(grid, grid, figsize=(1.8 * grid, 2 * grid))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), errors):
+        patch, _ = crop(data.images[i], face_square(data.images[i], data.annotations.points[i], spec.crop), 96)
+        ax.imshow(patch, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{head.labels[true[i]]} {probs[i, true[i]]:.2f}", fontsize=8)
+    fig.suptitle(f"{head.name}, {split}: the {min(len(errors), grid * grid)} most confident of {len(errors)} errors, "
+                 f"annotated class and the model's probability for it "
+                 f"({len(contradicted(probs, true))} below {CONTRADICTED_BELOW})", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    _save(fig, path)
+    plt.close(fig)
+    return path
