@@ -166,6 +166,52 @@ def test_landmark_loss_is_the_nme():
     assert float(m.result()) == pytest.approx(2.0, rel=1e-3)
 
 
+POSE_PRIOR = np.array([0.0136, 0.1113, 0.7445, 0.1111, 0.0195])  # MTFL training.txt, left profile .. right profile
+
+
+def _optimum_checks(smooth_to: str):
+    """The raw logits that minimise the balanced pose loss for a frontal face, and the loss
+    there and one small step away along each logit."""
+    from train.heads import AdjustedCE
+
+    eps, y = 0.05, 2
+    ce = AdjustedCE(5, eps, POSE_PRIOR.tolist(), smooth_to=smooth_to)
+    spread = POSE_PRIOR if smooth_to == "prior" else np.full(5, 0.2)
+    target = (1 - eps) * np.eye(5)[y] + eps * spread
+    z = np.log(target / POSE_PRIOR).astype(np.float32)  # softmax(z + log prior) = target
+    loss = lambda v: float(ce(np.array([y]), v[None].astype(np.float32)))  # noqa: E731
+    steps = [loss(z + d * np.eye(5)[k]) for k in range(5) for d in (-0.05, 0.05)]
+    p = np.exp(z) / np.exp(z).sum()
+    return loss(z), steps, p
+
+
+def test_smoothing_toward_the_prior_gives_wrong_classes_equal_raw_scores():
+    at, steps, p = _optimum_checks("prior")
+    assert all(at <= s + 1e-6 for s in steps)  # the minimum
+    others = np.delete(p, 2)
+    np.testing.assert_allclose(others, others[0], rtol=1e-5)  # no class favoured among the wrong ones
+    assert p[2] > 0.85
+
+
+def test_uniform_smoothing_with_balance_favours_the_rare_classes_in_raw_scores():
+    # why `--smooth-to prior` exists: Keras's uniform smoothing in the adjusted space makes a
+    # perfectly fitted frontal face score under 0.5 frontal, its runner-ups the rare profiles
+    at, steps, p = _optimum_checks("uniform")
+    assert all(at <= s + 1e-6 for s in steps)
+    assert p[2] < 0.5 and p[0] > p[1] and p[4] > p[3]
+
+
+def test_adjusted_ce_config_round_trips_and_old_configs_smooth_uniformly():
+    from train.heads import AdjustedCE
+
+    ce = AdjustedCE(5, 0.05, POSE_PRIOR.tolist(), smooth_to="prior")
+    assert AdjustedCE.from_config(ce.get_config()).smooth_to == "prior"
+    old = {k: v for k, v in ce.get_config().items() if k != "smooth_to"}
+    assert AdjustedCE.from_config(old).smooth_to == "uniform"
+    with pytest.raises(ValueError, match="smooth_to"):
+        AdjustedCE(5, 0.05, smooth_to="labels")
+
+
 def facemtl(*args, **kw):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True, text=True,
@@ -198,7 +244,11 @@ def test_tiny_train_export_load_evaluate(tiny_mtfl, tmp_path):
     lm = report.heads["landmarks"]
     assert np.isfinite(lm["nme"]) and 0 <= lm["failure_rate"] <= 100 and 0 <= lm["auc10"] <= 1
     assert sum(map(sum, report.heads["pose"]["confusion"])) == 40
-    assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"landmarks_ced.png", "faces.png", "pose_confusion.png"}
+    lo, hi = report.heads["smile"]["accuracy_ci95"]
+    assert lo <= report.heads["smile"]["accuracy"] <= hi
+    assert 0 <= report.heads["smile"]["contradicted"] <= 40
+    assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"landmarks_ced.png", "faces.png", "pose_confusion.png",
+                                                                 "smile_contradicted.png"}
 
 
 @pytest.mark.slow

@@ -77,6 +77,9 @@ def register_train(sub) -> None:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--crop", default="landmarks", choices=["landmarks", "image"],
                    help="face framing: landmarks (default) or image (whole image resized: the original blog's recipe)")
+    p.add_argument("--smooth-to", default=d.smooth_to, choices=["uniform", "prior"],
+                   help="where label smoothing spreads its mass on the balanced heads: uniform (default, as the "
+                        "shipped model) or the class prior (no bonus for rare classes in the raw scores)")
     p.add_argument("--balance", type=_names, default=d.balance,
                    help="heads whose losses are logit-adjusted by the training class frequencies, so that "
                         "the majority class does not win by default (default: gender,pose; '' for none)")
@@ -109,6 +112,7 @@ def _run_train(args) -> int:
         activation=args.activation, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         augment=args.augment, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
         monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing,
+        smooth_to=args.smooth_to,
         balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, crop_scale=args.crop_scale,
         limit=args.limit,
     )

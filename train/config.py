@@ -38,6 +38,7 @@ class TrainConfig:
     monitor: str = "val_loss"
     landmark_loss: str = "nme"
     label_smoothing: float = 0.05               # also bounds the logits, which int8 outputs need
+    smooth_to: str = "uniform"                  # or "prior" for balanced heads (see train.heads.ClassificationHead)
     # heads trained with logit-adjusted losses (see ClassificationHead): those whose training
     # classes are far from uniform and whose rare classes matter (58% male, 74% frontal)
     balance: tuple[str, ...] = ("gender", "pose")

@@ -158,7 +158,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, use_ema=cfg.ema > 0,
                                            ema_momentum=cfg.ema or 0.99)
         heads = MultiHead.from_spec(spec, loss_name=cfg.landmark_loss, label_smoothing=cfg.label_smoothing,
-                                    hidden=cfg.head_hidden,
+                                    hidden=cfg.head_hidden, smooth_to=cfg.smooth_to,
                                     priors=class_priors(tr.annotations, spec, cfg.balance, draw_weights))
         model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args())
 
