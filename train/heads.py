@@ -164,13 +164,10 @@ class AdjustedCE(keras.losses.Loss):
         self.classes, self.smoothing, self.smooth_to = classes, smoothing, smooth_to
         self.prior = list(prior) if prior is not None else None
 
-    def _to_prior(self) -> bool:
-        return bool(self.smoothing) and self.smooth_to == "prior" and self.prior is not None
-
     def call(self, y_true, y_pred):
         target = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.classes)
         smoothing = self.smoothing
-        if self._to_prior():
+        if smoothing and self.smooth_to == "prior" and self.prior is not None:
             prior = ops.convert_to_tensor(self.prior, dtype=target.dtype)
             target, smoothing = (1.0 - self.smoothing) * target + self.smoothing * prior, 0.0
         if self.prior is not None:

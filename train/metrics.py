@@ -128,10 +128,12 @@ def calibration(probabilities: np.ndarray, true_ids: np.ndarray, labels, bins: i
     p = np.asarray(probabilities, np.float64)
     true_ids = np.asarray(true_ids, np.int64)
     top = p.max(axis=1)
-    right = p.argmax(axis=1) == true_ids
     which = np.minimum((top * bins).astype(int), bins - 1)
-    ece = sum(abs(right[which == b].mean() - top[which == b].mean()) * (which == b).mean()
-              for b in range(bins) if (which == b).any())
+    counts = np.bincount(which, minlength=bins)
+    hit = counts > 0
+    accuracy = np.bincount(which, weights=p.argmax(axis=1) == true_ids, minlength=bins)[hit] / counts[hit]
+    confidence = np.bincount(which, weights=top, minlength=bins)[hit] / counts[hit]
+    ece = np.abs(accuracy - confidence) @ counts[hit] / max(len(top), 1)
     p_true = p[np.arange(len(true_ids)), true_ids]
     return {"ece": float(100.0 * ece), "confidence": float(top.mean()) if len(top) else float("nan"),
             "p_true": {label: float(p_true[true_ids == k].mean())

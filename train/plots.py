@@ -74,15 +74,16 @@ def write_plots(out: Path, spec: ModelSpec, report, data, outputs: dict, mats: n
             _save(fig, out / f"{h.name}_confusion.png")
             plt.close(fig)
             written.append(out / f"{h.name}_confusion.png")
-            written.append(_contradicted(plt, out, spec, h, data, outputs, report.split, grid))
+            written.append(_contradicted(plt, out, spec, h, data, outputs, report.split, m["contradicted"], grid))
     return written
 
 
-def _contradicted(plt, out: Path, spec: ModelSpec, head, data, outputs: dict, split: str, grid: int) -> Path:
+def _contradicted(plt, out: Path, spec: ModelSpec, head, data, outputs: dict, split: str, contradicted: int,
+                  grid: int) -> Path:
     """The faces the model gets wrong, the most confident first: where to look for annotation
     errors before blaming the model (`evaluate.confident_errors`)."""
     from runtime.preprocess import crop, face_square
-    from train.evaluate import CONTRADICTED_BELOW, confident_errors, contradicted
+    from train.evaluate import CONTRADICTED_BELOW, confident_errors
 
     probs = head.decode(outputs[head.name])["probabilities"]
     true = data.annotations.labels[head.name]
@@ -97,7 +98,7 @@ def _contradicted(plt, out: Path, spec: ModelSpec, head, data, outputs: dict, sp
         ax.set_title(f"{head.labels[true[i]]} {probs[i, true[i]]:.2f}", fontsize=8)
     fig.suptitle(f"{head.name}, {split}: the {min(len(errors), grid * grid)} most confident of {len(errors)} errors, "
                  f"annotated class and the model's probability for it "
-                 f"({len(contradicted(probs, true))} below {CONTRADICTED_BELOW})", fontsize=9)
+                 f"({contradicted} below {CONTRADICTED_BELOW})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     _save(fig, path)
     plt.close(fig)
