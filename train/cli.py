@@ -46,7 +46,7 @@ def _quiet_tensorflow() -> None:
 
 
 def register_train(sub) -> None:
-    from train.config import TrainConfig
+    from train.config import SMOOTH_TO, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
     p = sub.add_parser("train", help="train the multi-task model on MTFL",
@@ -77,7 +77,7 @@ def register_train(sub) -> None:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--crop", default="landmarks", choices=["landmarks", "image"],
                    help="face framing: landmarks (default) or image (whole image resized: the original blog's recipe)")
-    p.add_argument("--smooth-to", default=d.smooth_to, choices=["uniform", "prior"],
+    p.add_argument("--smooth-to", default=d.smooth_to, choices=SMOOTH_TO,
                    help="where label smoothing spreads its mass on the balanced heads: uniform (default, as the "
                         "shipped model) or the class prior (no bonus for rare classes in the raw scores)")
     p.add_argument("--balance", type=_names, default=d.balance,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_TRUNK = "mtfl"
+SMOOTH_TO = ("uniform", "prior")  # where label smoothing spreads its mass (train.heads.ClassificationHead)
 
 
 @dataclass

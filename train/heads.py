@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 from runtime.spec import CLASSIFICATION, REGRESSION, HeadSpec, ModelSpec
+from train.config import SMOOTH_TO
 
 
 def _points(y, n_points: int):
@@ -179,8 +180,6 @@ class AdjustedCE(keras.losses.Loss):
         return {**super().get_config(), "classes": self.classes, "smoothing": self.smoothing, "prior": self.prior,
                 "smooth_to": self.smooth_to}
 
-
-SMOOTH_TO = ("uniform", "prior")
 
 
 def make_head(spec: HeadSpec, loss_name: str = "nme", label_smoothing: float = 0.0,
