@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from runtime.detectors import Detection, Detector, DetectorError, create_detector, crop_square
+from runtime.mirror import flip_averaged
 from runtime.preprocess import ImageError, Square, prepare, to_grey, to_image
 from runtime.results import Category, Face, FrameResult
 from runtime.spec import REGRESSION, ModelSpec, SpecError
@@ -69,6 +70,8 @@ class FaceAnalyzerOptions:
     num_threads: interpreter threads.
     tracking: VIDEO mode only: how faces are followed and smoothed between detections
         (`runtime.live.tracking.TrackingOptions`); None uses its defaults.
+    flip_average: also run every face mirrored, in the same batch, and average the two
+        answers (`runtime.mirror`): twice the model time for steadier attributes.
     """
 
     model_path: str | os.PathLike | None = None
@@ -79,6 +82,7 @@ class FaceAnalyzerOptions:
     max_faces: int | None = None
     num_threads: int = 1
     tracking: "TrackingOptions | None" = None  # noqa: F821 (runtime.live.tracking, imported in VIDEO mode)
+    flip_average: bool = False
 
 
 def _interpreter_installed(suffix: str) -> bool:
@@ -161,6 +165,7 @@ class FaceAnalyzer:
         self._last_ts: float | None = None
         self._tracker = None  # VIDEO mode: runtime.live.tracking.FaceTracker, made on the first frame
         self._closed = False
+        self._run = flip_averaged(backend.run, self.spec) if self.options.flip_average else backend.run
         # fail now, not on the first face: the spec must frame this detector's boxes
         for name in _calibration_names(detector):
             self.spec.crop.calibration(name)
@@ -256,7 +261,7 @@ class FaceAnalyzer:
         t0 = time.perf_counter()
         batch, mats = prepare(grey, list(squares), self.spec.input)
         t1 = time.perf_counter()
-        raw = self.backend.run(batch)
+        raw = self._run(batch)
         t2 = time.perf_counter()
         decoded = {}
         for h in self.spec.heads:

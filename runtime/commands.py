@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from runtime.cli import CommandError
+from runtime.mirror import FLIP_AVERAGE_HELP
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".jp2")
 
@@ -43,6 +44,7 @@ def register_predict(sub) -> None:
                         "(default: one per CPU core, at most 4; 1 = one after another). Output order is input order")
     p.add_argument("--max-faces", type=int, default=None, metavar="N", help="at most N faces per image, best first")
     p.add_argument("--min-score", type=float, default=0.0, metavar="S", help="drop detections scoring below S (0..1)")
+    p.add_argument("--flip-average", action="store_true", help=FLIP_AVERAGE_HELP)
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="detect on a copy whose longer side is at most PX pixels; 0 = full size "
                         "(default: the detector's own, Haar 288, YuNet full size)")
@@ -94,6 +96,7 @@ def _analyzer_from_args(args):
     options = FaceAnalyzerOptions(
         model_path=args.model, detector=args.detector, detection_max_side=max_side,
         min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
+        flip_average=args.flip_average,
     )
     try:
         return FaceAnalyzer.create_from_options(options)

@@ -62,6 +62,18 @@ def test_predict_folder_to_stdout(model, images, capsys):
         assert r["faces"][0]["attributes"]["gender"]["label"] == "female"
 
 
+def test_flip_average_option(model, images, capsys):
+    """--flip-average reaches the analyzer: the constant model's pose logits 0..4 average with
+    their mirror image to a five-way tie."""
+    for flag, score in (([], None), (["--flip-average"], 0.2)):
+        assert main(["predict", "--model", str(model), "--detector", "none", *flag, str(images / "b_grey.png")]) == 0
+        pose = read_lines(capsys.readouterr().out)[0]["faces"][0]["attributes"]["pose"]
+        if score is None:
+            assert pose["label"] == "right_profile" and pose["score"] > 0.3
+        else:
+            assert pose["score"] == pytest.approx(score, abs=1e-3)
+
+
 def test_unreadable_images_are_reported_and_the_run_goes_on(model, images, tmp_path, capsys):
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (images / "empty.png").write_bytes(b"")

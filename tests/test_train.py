@@ -281,7 +281,12 @@ def test_cli_train_subset_of_heads_and_evaluate_json(tiny_mtfl, tmp_path):
     r = facemtl("evaluate", run / "model.keras", "--data", tiny_mtfl, "--json", tmp_path / "e.json")
     assert r.returncode == 0, r.stderr
     got = json.loads((tmp_path / "e.json").read_text())
-    assert set(got["heads"]) == {"landmarks", "pose"} and got["faces"] == 40
+    assert set(got["heads"]) == {"landmarks", "pose"} and got["faces"] == 40 and got["flip_average"] is False
+    r = facemtl("evaluate", run / "model.keras", "--data", tiny_mtfl, "--json", tmp_path / "f.json", "--flip-average")
+    assert r.returncode == 0, r.stderr
+    flipped = json.loads((tmp_path / "f.json").read_text())
+    assert flipped["flip_average"] is True and "flip-averaged" in r.stdout
+    assert flipped["heads"]["landmarks"]["nme"] != got["heads"]["landmarks"]["nme"]
     # an existing run is not overwritten by accident
     r = facemtl("train", "--data", tiny_mtfl, "--out", run, "--epochs", 1, "--width", 8)
     assert r.returncode == 2 and "--resume" in r.stderr

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from runtime.cli import CommandError
+from runtime.mirror import FLIP_AVERAGE_HELP
 
 
 def _data_dir(value: str | None) -> Path:
@@ -146,11 +147,13 @@ def register_evaluate(sub) -> None:
     p.add_argument("--json", type=Path, help="write the metrics as JSON here")
     p.add_argument("--plots", type=Path, help="write PNG plots into this folder")
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--flip-average", action="store_true", help=FLIP_AVERAGE_HELP)
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
     _quiet_tensorflow()
+    from runtime.mirror import flip_averaged
     from runtime.spec import ModelSpec, SpecError
     from train.evaluate import evaluate, keras_predictor, write_json
     from train.model import ModelFileError, load_model
@@ -160,8 +163,11 @@ def _run_evaluate(args) -> int:
         model = load_model(args.model)
         spec_file = args.model.with_name("spec.json")
         spec = ModelSpec.load(spec_file) if spec_file.exists() else model.model_spec
-        report = evaluate(keras_predictor(model), spec, _data_dir(args.data), args.split, skip_bad=args.skip_bad,
-                          plots=args.plots, progress=sys.stderr.isatty())
+        predict = keras_predictor(model)
+        if args.flip_average:
+            predict = flip_averaged(predict, spec)
+        report = evaluate(predict, spec, _data_dir(args.data), args.split, skip_bad=args.skip_bad,
+                          plots=args.plots, progress=sys.stderr.isatty(), flip_average=args.flip_average)
     except (ModelFileError, SpecError, DataError, AnnotationError) as e:
         raise CommandError(str(e)) from e
     print(report.summary())

@@ -31,14 +31,16 @@ class EvalReport:
     heads: dict[str, dict]
     seconds: float
     skipped: list[str] = field(default_factory=list)
+    flip_average: bool = False  # each face also run mirrored, the two answers averaged
 
     def to_dict(self) -> dict:
-        return {"split": self.split, "faces": self.faces, "crop": self.crop, "seconds": round(self.seconds, 2),
-                "heads": self.heads, "skipped": self.skipped}
+        return {"split": self.split, "faces": self.faces, "crop": self.crop, "flip_average": self.flip_average,
+                "seconds": round(self.seconds, 2), "heads": self.heads, "skipped": self.skipped}
 
     def summary(self) -> str:
         """One line per head: the head's main metrics."""
-        lines = [f"{self.split}: {self.faces} faces, {self.seconds:.1f}s"]
+        flip = ", flip-averaged" if self.flip_average else ""
+        lines = [f"{self.split}: {self.faces} faces{flip}, {self.seconds:.1f}s"]
         for name, m in self.heads.items():
             if "nme" in m:
                 lo, hi = m["nme_ci95"]
@@ -142,7 +144,9 @@ def split_annotations(data_dir: Path, split: str, val_fraction: float = 0.1):
 
 
 def evaluate(predict: Predictor, spec: ModelSpec, data_dir: Path, split: str = "testing", skip_bad: bool = False,
-             plots: Path | None = None, progress: bool = True) -> EvalReport:
+             plots: Path | None = None, progress: bool = True, flip_average: bool = False) -> EvalReport:
+    """Metrics of `predict` on a split. `flip_average` only records that `predict` averages
+    each face with its mirror image (`runtime.mirror.flip_averaged`); it does not add it."""
     t0 = time.time()
     data = load_images(split_annotations(data_dir, split), skip_bad=skip_bad, progress=progress)
     x, mats = canonical_crops(data, spec, progress=progress)
@@ -151,7 +155,7 @@ def evaluate(predict: Predictor, spec: ModelSpec, data_dir: Path, split: str = "
     crop_desc = ("image (the whole image, resized)" if spec.crop.mode == "image"
                  else f"landmarks (square of side {spec.crop.scale} x the RMS radius of the annotated points)")
     report = EvalReport(split, len(data), crop_desc, heads,
-                        time.time() - t0, data.skipped)
+                        time.time() - t0, data.skipped, flip_average)
     if plots is not None:
         from train.plots import write_plots
 

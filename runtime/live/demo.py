@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from runtime.live.stats import StageStats
+from runtime.mirror import FLIP_AVERAGE_HELP
 
 SUMMARY_STAGES = ("capture", "detect", "crop", "infer", "track", "draw", "output", "analysis", "total")
 
@@ -73,6 +74,7 @@ def add_arguments(p) -> None:
     m.add_argument("--threads", type=int, default=1, help="interpreter and OpenCV threads (default 1)")
     m.add_argument("--max-faces", type=int, default=None, metavar="N", help="follow at most N faces")
     m.add_argument("--min-score", type=float, default=0.0, metavar="S", help="drop detections scoring below S")
+    m.add_argument("--flip-average", action="store_true", help=FLIP_AVERAGE_HELP)
     o = p.add_argument_group("outputs (any number; none: just the summary)")
     o.add_argument("--show", action="store_true", help="a window (needs OpenCV with a GUI, and a display)")
     o.add_argument("--serve", nargs="?", const="127.0.0.1:8080", default=None, metavar="HOST:PORT",
@@ -126,7 +128,8 @@ def build_analyzer(args, tracking: bool):
     return FaceAnalyzer.create_from_options(FaceAnalyzerOptions(
         model_path=args.model, detector=args.detector, detection_max_side=max_side,
         min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
-        running_mode=RunningMode.VIDEO if tracking else RunningMode.IMAGE, tracking=opts))
+        running_mode=RunningMode.VIDEO if tracking else RunningMode.IMAGE, tracking=opts,
+        flip_average=args.flip_average))
 
 
 def analysis_stages(result, elapsed_ms: float) -> dict[str, float]:
