@@ -225,7 +225,7 @@ def score_predictions(jsonl: Path, frames_dir: Path) -> dict:
 
 
 def run_predict(frames_dir: Path, model: str | None, detector: str, out: Path, limit: int | None,
-                workers: int | None = None) -> dict:
+                workers: int | None = None, flip_average: bool = False) -> dict:
     """Time `facemtl predict` (a subprocess, as users run it) on the frames."""
     if limit:
         files = [str(p) for p, _ in load_frames(frames_dir, limit)]
@@ -236,6 +236,8 @@ def run_predict(frames_dir: Path, model: str | None, detector: str, out: Path, l
         cmd += ["--model", model]
     if workers:
         cmd += ["--workers", str(workers)]
+    if flip_average:
+        cmd += ["--flip-average"]
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -259,7 +261,8 @@ def startup_seconds() -> float:
     return round(time.perf_counter() - t0, 1)
 
 
-def measure_in_process(frames_dir: Path, model: str | None, detector: str, limit: int | None) -> dict:
+def measure_in_process(frames_dir: Path, model: str | None, detector: str, limit: int | None,
+                       flip_average: bool = False) -> dict:
     """The same pipeline as `facemtl predict`, in this process, scored two ways: the face
     whose crop square (the calibrated square the model analysed) overlaps the true face
     square with IoU >= 0.5 ("found", the primary criterion), and the box-centre criterion of
@@ -272,7 +275,7 @@ def measure_in_process(frames_dir: Path, model: str | None, detector: str, limit
     found = by_box = 0
     nmes = []
     t = 0.0
-    with FaceAnalyzer.create_from_model_path(model, detector=detector) as fa:
+    with FaceAnalyzer.create_from_model_path(model, detector=detector, flip_average=flip_average) as fa:
         policy = fa.spec.crop
         for path, truth in frames:
             t0 = time.perf_counter()
@@ -322,7 +325,7 @@ def detector_probe(frames_dir: Path, yunet: str | None, n: int) -> dict:
 
 def run_measure(args) -> None:
     frames_dir = Path(args.frames)
-    report = {"frames_dir": str(frames_dir), "model": args.model, "cv2": cv2.__version__,
+    report = {"frames_dir": str(frames_dir), "model": args.model, "flip_average": args.flip_average, "cv2": cv2.__version__,
               "cpu_count": os.cpu_count(), "startup_seconds": startup_seconds(), "results": {}}
     if args.probe:
         yunet = next((d.split(":", 1)[1] for d in args.detectors.split(",") if d.startswith("yunet:")), None)
@@ -330,7 +333,7 @@ def run_measure(args) -> None:
         print("probe", json.dumps(report["probe_ms"]), flush=True)
     if args.in_process:
         for det in args.detectors.split(","):
-            r = measure_in_process(frames_dir, args.model, det, args.limit)
+            r = measure_in_process(frames_dir, args.model, det, args.limit, args.flip_average)
             print("in-process", det, json.dumps(r), flush=True)
             report["results"][det] = r
             if args.json:
@@ -340,7 +343,7 @@ def run_measure(args) -> None:
         tag = det.replace(":", "_") if det.startswith("haar") else det.split(":")[0]
         out = Path(args.out_dir) / f"predict_{tag}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
-        timing = run_predict(frames_dir, args.model, det, out, args.limit, args.workers)
+        timing = run_predict(frames_dir, args.model, det, out, args.limit, args.workers, args.flip_average)
         r = {**score_predictions(out, frames_dir), "predict": timing}
         r["ms_per_frame"] = round(1000 * timing["seconds"] / max(r["frames"], 1), 1)
         print(det, json.dumps(r), flush=True)
@@ -479,6 +482,7 @@ def main() -> None:
                    help="score in this process by the crop square (IoU >= 0.5) instead of timing the CLI")
     s.add_argument("--probe", type=int, default=0, metavar="N",
                    help="also time the detectors interleaved on N frames (machine speed against the issue's)")
+    s.add_argument("--flip-average", action="store_true", help="facemtl predict --flip-average")
     s.add_argument("--json", default=None)
     t = sub.add_parser("tune", help="Haar settings: found rate vs time (training frames only)")
     t.add_argument("--frames", required=True, nargs="+", help="training frame folders")
