@@ -51,6 +51,9 @@ def register_convert(sub) -> None:
                         "runs it ~8x slower on CPUs without VNNI)")
     p.add_argument("--no-equalize", dest="equalize", action="store_false",
                    help="int8 formats: quantize the model as trained, without cross-layer range equalization")
+    p.add_argument("--float-heads", action="store_true",
+                   help="tflite-int8-float, onnx-int8: keep each head's output layer in float (the trunk stays "
+                        "int8); less int8 error on the answers for a few thousand float multiply-adds")
     p.add_argument("--tolerance", action="append", metavar="HEAD=V",
                    help="override a head's tolerance (NME points up / accuracy points down); repeatable")
     p.add_argument("--min-agreement", action="append", metavar="HEAD=F",
@@ -81,7 +84,7 @@ def run_convert(args) -> int:
             raise ConvertError("--min-agreement is a fraction between 0 and 1 (e.g. pose=0.97)")
         opts = ConvertOptions(
             formats=_formats(args.formats), split=args.split, limit=args.limit, calibration=args.calibration,
-            opset=args.opset, per_channel=args.per_channel, equalize=args.equalize,
+            opset=args.opset, per_channel=args.per_channel, equalize=args.equalize, float_heads=args.float_heads,
             tolerances=parse_head_values(args.tolerance, "--tolerance"), agreements=agreements,
             latency_runs=args.latency_runs)
         out = args.out if args.out is not None else model.parent / "converted"

@@ -51,6 +51,7 @@ class ExportContext:
     opset: int = DEFAULT_OPSET
     per_channel: bool = False            # onnx-int8 weights (TFLite int8 is always per-channel)
     equalize: bool = True
+    float_heads: bool = False            # int8 formats with float outputs: head output layers stay float
     workdir: Path | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -77,6 +78,11 @@ class ExportContext:
     def equalized(self, fmt: Format) -> bool:
         """Whether `fmt` starts from the equalized model: int8 activations, and equalize on."""
         return self.equalize and "calibration" in fmt.options
+
+    def keeps_heads_float(self, fmt: Format) -> bool:
+        """Whether `fmt` leaves each head's output layer in float: `float_heads`, int8
+        activations, float outputs (`tflite-int8` answers in int8 by definition)."""
+        return self.float_heads and "calibration" in fmt.options and not fmt.integer_io
 
     def _variant(self, fmt: Format) -> str:
         """Which model `fmt` starts from: "trained", or "equalized-pc" / "equalized-pt" (for
@@ -201,9 +207,35 @@ def tflite_io_quantization(data: bytes) -> dict[str, QuantParams]:
     return out
 
 
+def _tflite_head_tensors(ctx: ExportContext, fmt: Format) -> list[str]:
+    """Names of the heads' output tensors in TFLite's graph of the model: the signature outputs
+    of its float conversion (each is the output of the head's Dense layer)."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=tf.lite.TFLiteConverter.from_saved_model(str(ctx.saved_model(fmt))).convert())
+    names = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    return [names[d["index"]] for d in it.get_signature_runner().get_output_details().values()]
+
+
+def _float_heads_tflite(conv, fmt: Format, ctx: ExportContext) -> bytes:
+    """The full-integer graph with the heads' output layers left in float: TensorFlow's
+    selective quantization (the QuantizationDebugger's denylist). The trunk, where all but a
+    few thousand of the multiply-adds are, stays int8; the heads, where the answers' precision
+    is, lose nothing to output scales (bench/int8_layers.py measures what that buys)."""
+    import tensorflow as tf
+
+    crops = ctx.need_calibration(fmt)
+    opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=_tflite_head_tensors(ctx, fmt))
+    dbg = tf.lite.experimental.QuantizationDebugger(
+        converter=conv, debug_options=opts, debug_dataset=lambda: ([crops[i:i + 1]] for i in range(min(8, len(crops)))))
+    return dbg.get_nondebug_quantized_model()
+
+
 def export_tflite(fmt: Format, ctx: ExportContext, out: Path) -> None:
     try:
-        data = _tflite_converter(fmt, ctx).convert()
+        conv = _tflite_converter(fmt, ctx)
+        data = _float_heads_tflite(conv, fmt, ctx) if ctx.keeps_heads_float(fmt) else conv.convert()
     except ExportError:
         raise
     except Exception as e:  # the converter raises ConverterError and friends
@@ -378,7 +410,8 @@ def export_onnx_int8(fmt: Format, ctx: ExportContext, out: Path) -> None:
             onnx.save(proto, str(fp32))
             # shape inference + graph optimisation first, as onnxruntime recommends for static quantization
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # static shapes: no sympy needed
-            input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+            pre_proto = onnx.load(str(pre), load_external_data=False)
+            input_name = pre_proto.graph.input[0].name
             quantize_static(
                 str(pre), str(q), _CalibrationReader(input_name, crops),
                 quant_format=QuantFormat.QDQ,
@@ -386,6 +419,7 @@ def export_onnx_int8(fmt: Format, ctx: ExportContext, out: Path) -> None:
                 weight_type=QuantType.QInt8,
                 per_channel=ctx.per_channel,
                 calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=onnx_head_nodes(pre_proto) if ctx.keeps_heads_float(fmt) else None,
             )
         except Exception as e:
             raise ExportError(f"onnxruntime.quantization: {_first_line(e)}") from e
@@ -394,6 +428,25 @@ def export_onnx_int8(fmt: Format, ctx: ExportContext, out: Path) -> None:
         onnx.save(proto, str(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def onnx_head_nodes(proto) -> list[str]:
+    """The nodes that compute each graph output from the shared features: walking back from
+    the output through shape-only nodes to the Gemm (or MatMul, and an Add after it) that makes
+    it. Left out of quantization, they keep the heads in float."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    found = []
+    for out in proto.graph.output:
+        node = producer.get(out.name)
+        while node is not None and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze"):
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type == "Add":
+            found.append(node.name)
+            node = next((producer[i] for i in node.input if i in producer), None)
+        if node is None or node.op_type not in ("Gemm", "MatMul"):
+            raise ExportError(f"cannot find the Dense layer of output {out.name!r} to keep it in float")
+        found.append(node.name)
+    return found
 
 
 def _first_line(e: BaseException) -> str:

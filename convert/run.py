@@ -43,6 +43,7 @@ class ConvertOptions:
     opset: int = 13
     per_channel: bool = False
     equalize: bool = True
+    float_heads: bool = False          # int8 formats with float outputs: head output layers stay float
     tolerances: dict[str, float] = field(default_factory=dict)
     agreements: dict[str, float] = field(default_factory=dict)
     latency_runs: int = 200
@@ -125,7 +126,7 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[FormatResult] = []
     with ExportContext(model, spec, None if cal is None else cal.x, opset=opts.opset,
-                       per_channel=opts.per_channel, equalize=opts.equalize) as ctx:
+                       per_channel=opts.per_channel, equalize=opts.equalize, float_heads=opts.float_heads) as ctx:
         for fmt in formats:
             results.append(_one_format(fmt, ctx, out_dir, held, reference, opts, log))
     shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)
@@ -141,7 +142,8 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
         "seconds": round(seconds, 1),
         "check": {"split": opts.split, "faces": len(held), "source": held.source, "skipped": held.skipped},
         "calibration": None if cal is None else {"faces": len(cal), "source": cal.source},
-        "options": {"opset": opts.opset, "per_channel": opts.per_channel, "equalize": opts.equalize, "tolerances": opts.tolerances,
+        "options": {"opset": opts.opset, "per_channel": opts.per_channel, "equalize": opts.equalize,
+                    "float_heads": opts.float_heads, "tolerances": opts.tolerances,
                     "min_agreement": opts.agreements, "latency": "batch 1, one thread, median / p95 ms"},
         "passed": all(r.passed for r in results),
         "formats": [r.to_dict() for r in results],

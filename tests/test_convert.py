@@ -441,3 +441,85 @@ def test_fold_dense_makes_one_gemm_per_dense_layer(tmp_path):
     a, b = load_backend(src).run(x), load_backend(out).run(x)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-5)
+
+
+# --- --float-heads: the heads' output layers stay float in the int8 files ----------------------
+
+def _tflite_weight_dtypes(path: Path) -> dict[tuple, list[str]]:
+    """Shape -> dtypes of the 2-D constant tensors (Dense weights) of a TFLite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    found: dict[tuple, list[str]] = {}
+    for d in Interpreter(model_path=str(path)).get_tensor_details():
+        if len(d["shape"]) == 2 and d["shape"][1] == 256 and 1 < d["shape"][0] < 256:  # not the (1, 256) features
+            found.setdefault(tuple(d["shape"]), []).append(np.dtype(d["dtype"]).name)
+    return found
+
+
+def _onnx_head_weights_quantized(path: Path) -> dict[str, bool]:
+    """Output name -> whether the Gemm that makes it reads its weights through DequantizeLinear."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    out = {}
+    for o in proto.graph.output:
+        node = producer[o.name]
+        while node.op_type != "Gemm":
+            node = producer[node.input[0]]
+        w = producer.get(node.input[1])
+        out[o.name] = w is not None and w.op_type == "DequantizeLinear"
+    return out
+
+
+@pytest.mark.slow
+def test_float_heads_keep_every_head_layer_float_and_the_trunk_int8(tmp_path):
+    from convert.export import ExportContext, export
+
+    model = tiny_model()
+    units = sorted(h.units for h in model.model_spec.heads)
+    files = {}
+    for float_heads in (False, True):
+        with ExportContext(model, model.model_spec, crops(64, seed=2), float_heads=float_heads) as ctx:
+            for name in ("tflite-int8-float", "onnx-int8", "tflite-int8"):
+                fmt = get_format(name)
+                files[name, float_heads] = tmp_path / f"{float_heads}-{fmt.file_name()}"
+                export(fmt, ctx, files[name, float_heads])
+    plain, heads = (_tflite_weight_dtypes(files["tflite-int8-float", f]) for f in (False, True))
+    assert sorted(s[0] for s, dts in plain.items() for _ in dts) == units
+    assert all(dt == "int8" for dts in plain.values() for dt in dts)
+    assert all(dt == "float32" for dts in heads.values() for dt in dts) and heads.keys() == plain.keys()
+    # the trunk stays integer: the feature layer's 256 x flatten weights are int8 in both
+    from ai_edge_litert.interpreter import Interpreter
+
+    trunk = [np.dtype(d["dtype"]).name for d in Interpreter(model_path=str(files["tflite-int8-float", True])).get_tensor_details()
+             if len(d["shape"]) == 2 and d["shape"][0] == 256]
+    assert trunk == ["int8"]
+    assert all(_onnx_head_weights_quantized(files["onnx-int8", False]).values())
+    assert not any(_onnx_head_weights_quantized(files["onnx-int8", True]).values())
+    # tflite-int8 answers in int8 by definition: the option leaves it as it was
+    assert _tflite_weight_dtypes(files["tflite-int8", True]) == _tflite_weight_dtypes(files["tflite-int8", False])
+    # the float-head files run in the runtime, spec and all; their answers are no further from
+    # Keras's than the all-int8 files' (the head layers' rounding is gone; on this random tiny
+    # model the trunk's rounding dominates, so "no further" is all that can be asked)
+    x = crops(64, seed=5)
+    ref = {k: np.asarray(v) for k, v in model.predict(x, verbose=0).items()}
+    for name in ("tflite-int8-float", "onnx-int8"):
+        err = {}
+        for float_heads in (False, True):
+            with load_backend(files[name, float_heads]) as b:
+                got = b.run(x)
+            err[float_heads] = np.mean([np.abs(got[h] - ref[h]).mean() / np.abs(ref[h]).mean() for h in ref])
+        assert err[True] <= 1.01 * err[False], (name, err)
+
+
+def test_onnx_head_nodes_refuses_an_output_without_a_dense_layer():
+    from onnx import TensorProto, helper
+
+    from convert.export import ExportError, onnx_head_nodes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("pose", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["pose"], name="relu")], "g", [x], [y])
+    with pytest.raises(ExportError, match="Dense layer of output 'pose'"):
+        onnx_head_nodes(helper.make_model(graph))
