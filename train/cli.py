@@ -79,8 +79,8 @@ def register_train(sub) -> None:
     p.add_argument("--crop", default="landmarks", choices=["landmarks", "image"],
                    help="face framing: landmarks (default) or image (whole image resized: the original blog's recipe)")
     p.add_argument("--smooth-to", default=d.smooth_to, choices=SMOOTH_TO,
-                   help="where label smoothing spreads its mass on the balanced heads: uniform (default, as the "
-                        "shipped model) or the class prior (no bonus for rare classes in the raw scores)")
+                   help="where label smoothing spreads its mass on the balanced heads: the class prior (default: "
+                        "no bonus for rare classes in the raw scores) or uniform (Keras's; runs 1-17 of the README)")
     p.add_argument("--balance", type=_names, default=d.balance,
                    help="heads whose losses are logit-adjusted by the training class frequencies, so that "
                         "the majority class does not win by default (default: gender,pose; '' for none)")

@@ -121,12 +121,13 @@ class ClassificationHead(Head):
     estimate the class-balanced posterior, so the argmax is not pulled toward the training
     set's majority class (58% male, 74% frontal pose in MTFL's training.txt).
 
-    `smooth_to`: where label smoothing moves the target's mass. "uniform" (Keras's, what the
-    shipped model trained with) spreads it evenly over the classes in the adjusted space, so
-    the raw logits learn a bonus for each class inversely proportional to its prior: at 0.05
-    a frontal face's pose probability is about 0.44, with the runner-ups the rare profiles,
-    and at 0.15 the profiles win outright (README, run 16). "prior" spreads it by the prior,
-    which in the raw logits is an equal share for every wrong class.
+    `smooth_to`: where label smoothing moves the target's mass. "uniform" (Keras's; the models
+    before the seed study of runs 18-20 trained with it) spreads it evenly over the classes in
+    the adjusted space, so the raw logits learn a bonus for each class inversely proportional
+    to its prior: at 0.05 a frontal face's pose probability is about 0.44, with the runner-ups
+    the rare profiles, and at 0.15 the profiles win outright (README, run 16). "prior" (the
+    training default) spreads it by the prior, which in the raw logits is an equal share for
+    every wrong class.
     """
 
     label_smoothing: float = 0.0
