@@ -71,7 +71,7 @@ class FaceAnalyzerOptions:
     tracking: VIDEO mode only: how faces are followed and smoothed between detections
         (`runtime.live.tracking.TrackingOptions`); None uses its defaults.
     flip_average: also run every face mirrored, in the same batch, and average the two
-        answers (`runtime.mirror`): twice the model time for steadier attributes.
+        answers (`runtime.mirror`): twice the model time for a lower landmark error.
     """
 
     model_path: str | os.PathLike | None = None

@@ -53,11 +53,15 @@ def _head_permutation(spec: ModelSpec, head: HeadSpec) -> tuple[int, ...]:
     return mirror_permutation(head.labels, f"head {head.name!r}")
 
 
-def unmirror(spec: ModelSpec, raw: dict) -> dict:
-    """Raw outputs for mirrored crops, expressed for the unmirrored crops."""
+def _permutations(spec: ModelSpec) -> dict[str, list[int]]:
+    """Each head's mirror permutation; a SpecError for a head that cannot mirror."""
+    return {h.name: list(_head_permutation(spec, h)) for h in spec.heads}
+
+
+def _unmirror(spec: ModelSpec, raw: dict, perms: dict[str, list[int]]) -> dict:
     out = {}
     for head in spec.heads:
-        perm = list(_head_permutation(spec, head))
+        perm = perms[head.name]
         y = np.asarray(raw[head.name], np.float32)
         if head.kind == REGRESSION:
             pts = y.reshape(len(y), -1, 2)[:, perm].copy()
@@ -68,18 +72,22 @@ def unmirror(spec: ModelSpec, raw: dict) -> dict:
     return out
 
 
+def unmirror(spec: ModelSpec, raw: dict) -> dict:
+    """Raw outputs for mirrored crops, expressed for the unmirrored crops."""
+    return _unmirror(spec, raw, _permutations(spec))
+
+
 def flip_averaged(run: Run, spec: ModelSpec) -> Run:
     """`run` with every crop also run mirrored, in the same batch, and the two answers averaged:
     landmarks point by point, classes by their logits (a normalised geometric mean of the two
     probabilities)."""
-    for head in spec.heads:  # refuse a spec that cannot mirror now, not on the first face
-        _head_permutation(spec, head)
+    perms = _permutations(spec)  # once, and now: a spec that cannot mirror fails here, not on a face
 
     def averaged(batch: np.ndarray) -> dict:
         n = len(batch)
-        raw = run(np.concatenate([batch, batch[:, :, ::-1]]))
-        straight = {h.name: np.asarray(raw[h.name], np.float32)[:n] for h in spec.heads}
-        mirrored = unmirror(spec, {h.name: np.asarray(raw[h.name], np.float32)[n:] for h in spec.heads})
+        out = run(np.concatenate([batch, batch[:, :, ::-1]]))
+        straight = {h.name: np.asarray(out[h.name], np.float32)[:n] for h in spec.heads}
+        mirrored = _unmirror(spec, {h.name: np.asarray(out[h.name], np.float32)[n:] for h in spec.heads}, perms)
         return {k: 0.5 * (straight[k] + mirrored[k]) for k in straight}
 
     return averaged
