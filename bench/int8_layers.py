@@ -1,7 +1,7 @@
 """Where full-integer quantization costs a model its accuracy.
 
-Converts MODEL to a full-integer TFLite file (float I/O, the `tflite-int8-float` recipe: the
-same 500 seeded training crops calibrate it as in `facemtl convert`), then
+Converts MODEL with `facemtl convert`'s own `tflite-int8-float` converter (the same 500
+seeded training crops calibrate it), then
 1. prints each quantized layer's error on calibration crops, in quantization steps
    (TensorFlow's QuantizationDebugger: RMSE of the int8 layer against its float twin, fed
    the same int8 inputs, over its output scale; about 0.29 is rounding alone);
@@ -22,7 +22,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _converter(saved_model: str, crops: np.ndarray):
+def _debugger(ctx, crops: np.ndarray, denylist: list[str] | None = None):
+    """TensorFlow's QuantizationDebugger on `facemtl convert`'s own tflite-int8-float converter."""
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([crops[i:i + 1]] for i in range(len(crops)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return conv
-
-
-def _debugger(saved_model: str, crops: np.ndarray, denylist: list[str] | None = None):
-    import tensorflow as tf
+    from convert.export import tflite_converter
+    from runtime.formats import get_format
 
     opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist) if denylist else None
     return tf.lite.experimental.QuantizationDebugger(
-        converter=_converter(saved_model, crops), debug_options=opts,
+        converter=tflite_converter(get_format("tflite-int8-float"), ctx), debug_options=opts,
         debug_dataset=lambda: ([crops[i:i + 1]] for i in range(0, len(crops), 5)))
 
 
@@ -86,9 +79,10 @@ def main() -> int:
     crops = calibration(args.data, spec, args.calibration).x
     held = held_out(args.data, spec)
     report = {"model": str(args.model), "faces": len(held), "layers": [], "variants": {}}
-    with tempfile.TemporaryDirectory() as d:
-        model.export(d, format="tf_saved_model", verbose=False)
-        dbg = _debugger(d, crops)
+    from convert.export import ExportContext
+
+    with ExportContext(model, spec, crops) as ctx:
+        dbg = _debugger(ctx, crops)
         dbg.run()
         buf = io.StringIO()
         dbg.layer_statistics_dump(buf)
@@ -111,7 +105,7 @@ def main() -> int:
         for label, deny in (("heads' output layers in float", list(tensors.values())),
                             ("stem in float", [stem]),
                             ("heads and stem in float", [*tensors.values(), stem])):
-            data = _debugger(d, crops, deny).get_nondebug_quantized_model()
+            data = _debugger(ctx, crops, deny).get_nondebug_quantized_model()
             report["variants"][label] = _scores(spec, _run(data, held.x)[0], held)
     print(f"\n{len(held)} held-out faces ({held.source}); landmarks: NME %, classes: accuracy %")
     heads = [h.name for h in spec.heads]

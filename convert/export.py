@@ -163,7 +163,7 @@ def embed_onnx_metadata(model_proto, entries: dict[str, str]):
 
 # --- TFLite ---------------------------------------------------------------------------------
 
-def _tflite_converter(fmt: Format, ctx: ExportContext):
+def tflite_converter(fmt: Format, ctx: ExportContext):
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_saved_model(str(ctx.saved_model(fmt)))
@@ -234,7 +234,7 @@ def _float_heads_tflite(conv, fmt: Format, ctx: ExportContext) -> bytes:
 
 def export_tflite(fmt: Format, ctx: ExportContext, out: Path) -> None:
     try:
-        conv = _tflite_converter(fmt, ctx)
+        conv = tflite_converter(fmt, ctx)
         data = _float_heads_tflite(conv, fmt, ctx) if ctx.keeps_heads_float(fmt) else conv.convert()
     except ExportError:
         raise
