@@ -71,6 +71,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from convert.data import calibration, held_out
+    from convert.export import ExportContext
     from runtime.spec import ModelSpec
     from train.model import load_model
 
@@ -79,8 +80,6 @@ def main() -> int:
     crops = calibration(args.data, spec, args.calibration).x
     held = held_out(args.data, spec)
     report = {"model": str(args.model), "faces": len(held), "layers": [], "variants": {}}
-    from convert.export import ExportContext
-
     with ExportContext(model, spec, crops) as ctx:
         dbg = _debugger(ctx, crops)
         dbg.run()
@@ -115,7 +114,6 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
-
 
 
 if __name__ == "__main__":

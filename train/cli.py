@@ -153,7 +153,6 @@ def register_evaluate(sub) -> None:
 
 def _run_evaluate(args) -> int:
     _quiet_tensorflow()
-    from runtime.mirror import flip_averaged
     from runtime.spec import ModelSpec, SpecError
     from train.evaluate import evaluate, keras_predictor, write_json
     from train.model import ModelFileError, load_model
@@ -163,10 +162,7 @@ def _run_evaluate(args) -> int:
         model = load_model(args.model)
         spec_file = args.model.with_name("spec.json")
         spec = ModelSpec.load(spec_file) if spec_file.exists() else model.model_spec
-        predict = keras_predictor(model)
-        if args.flip_average:
-            predict = flip_averaged(predict, spec)
-        report = evaluate(predict, spec, _data_dir(args.data), args.split, skip_bad=args.skip_bad,
+        report = evaluate(keras_predictor(model), spec, _data_dir(args.data), args.split, skip_bad=args.skip_bad,
                           plots=args.plots, progress=sys.stderr.isatty(), flip_average=args.flip_average)
     except (ModelFileError, SpecError, DataError, AnnotationError) as e:
         raise CommandError(str(e)) from e

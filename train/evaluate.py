@@ -145,8 +145,12 @@ def split_annotations(data_dir: Path, split: str, val_fraction: float = 0.1):
 
 def evaluate(predict: Predictor, spec: ModelSpec, data_dir: Path, split: str = "testing", skip_bad: bool = False,
              plots: Path | None = None, progress: bool = True, flip_average: bool = False) -> EvalReport:
-    """Metrics of `predict` on a split. `flip_average` only records that `predict` averages
-    each face with its mirror image (`runtime.mirror.flip_averaged`); it does not add it."""
+    """Metrics of `predict` on a split; with `flip_average`, of `predict` run on each face and
+    its mirror image, the answers averaged (`runtime.mirror.flip_averaged`, as the runtime does)."""
+    if flip_average:
+        from runtime.mirror import flip_averaged
+
+        predict = flip_averaged(predict, spec)
     t0 = time.time()
     data = load_images(split_annotations(data_dir, split), skip_bad=skip_bad, progress=progress)
     x, mats = canonical_crops(data, spec, progress=progress)
