@@ -30,13 +30,15 @@ def main() -> int:
 
     x = np.random.default_rng(0).normal(size=(1, 40, 40, 1)).astype(np.float32)
     calls = {}
+    names = [f.name for f in args.files]
     for f in args.files:
+        label = f.name if names.count(f.name) == 1 else str(f)  # two files of one name (two conversions) stay apart
         b = load_backend(f, threads=1)
         if not hasattr(b, "_it"):
             ap.error(f"{f}: not a TFLite file")
         b.run(x)  # leaves the quantized input in place: invoke() alone then runs on it
-        calls[f"{f.name}: invoke()"] = b._it.invoke
-        calls[f"{f.name}: run()"] = lambda b=b: b.run(x)
+        calls[f"{label}: invoke()"] = b._it.invoke
+        calls[f"{label}: run()"] = lambda b=b: b.run(x)
     times = time_interleaved(list(calls.values()), args.runs, warmup=200, rounds=args.rounds)
     print(f"median ms, batch 1, 1 thread, {args.runs} calls each, interleaved in {args.rounds} rounds")
     for name, t in zip(calls, times):

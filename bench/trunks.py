@@ -20,15 +20,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CANDIDATES = [  # (trunk, width, depth: separable blocks, first block's width in widths, stem filters)
-    ("tcdcn", 0, 0, 0, 0),
-    ("mtfl", 16, 6, 2, 16),
-    ("mtfl", 24, 6, 2, 24),
-    ("mtfl", 32, 6, 2, 32),
-    ("mtfl", 32, 5, 2, 32),
-    ("mtfl", 32, 5, 1, 32),
-    ("mtfl", 32, 5, 2, 16),
-    ("mtfl", 48, 6, 2, 48),
+CANDIDATES = [  # (trunk, width, depth: separable blocks, first block's width in widths, stem filters, feature units)
+    ("tcdcn", 0, 0, 0, 0, 256),
+    ("mtfl", 16, 6, 2, 16, 256),
+    ("mtfl", 24, 6, 2, 24, 256),
+    ("mtfl", 32, 6, 2, 32, 256),
+    ("mtfl", 32, 5, 2, 32, 256),
+    ("mtfl", 32, 5, 1, 32, 256),
+    ("mtfl", 32, 5, 2, 16, 256),
+    ("mtfl", 32, 5, 2, 32, 128),
+    ("mtfl", 48, 6, 2, 48, 256),
 ]
 
 
@@ -76,22 +77,22 @@ def main() -> int:
     from train.model import build_model
 
     rows, contents = [], []
-    for trunk, width, depth, first, stem in CANDIDATES:
+    for trunk, width, depth, first, stem, features in CANDIDATES:
         model = build_model(default_spec(), trunk=trunk, width=width or 32, depth=depth or 6, first_block=first or 2,
-                            stem=stem)
+                            stem=stem, features=features)
         rows.append({"trunk": trunk, "width": width, "depth": depth, "first_block": first, "stem": stem,
-                     "params": int(model.count_params())})
+                     "features": features, "params": int(model.count_params())})
         for kind in ("fp32", "int8"):
             contents.append(tflite_bytes(model, kind == "int8"))
     timings = iter(zip(contents, interleaved_ms(contents, args.runs)))
-    print(f"{'trunk':<10}{'width':>6}{'depth':>6}{'first':>6}{'stem':>6}{'params':>10}{'fp32 KB':>9}{'fp32 ms':>9}{'int8 KB':>9}{'int8 ms':>9}"
+    print(f"{'trunk':<10}{'width':>6}{'depth':>6}{'first':>6}{'stem':>6}{'feat':>6}{'params':>10}{'fp32 KB':>9}{'fp32 ms':>9}{'int8 KB':>9}{'int8 ms':>9}"
           "  (median, batch 1, 1 thread, interleaved)")
     for row in rows:
         for kind in ("fp32", "int8"):
             content, (med, p95) = next(timings)
             row[kind] = {"bytes": len(content), "median_ms": round(med, 4), "p95_ms": round(p95, 4)}
         print(f"{row['trunk']:<10}{row['width'] or '-':>6}{row['depth'] or '-':>6}{row['first_block'] or '-':>6}"
-              f"{row['stem'] or '-':>6}{row['params']:>10}"
+              f"{row['stem'] or '-':>6}{row['features']:>6}{row['params']:>10}"
               f"{row['fp32']['bytes'] / 1024:>9.0f}{row['fp32']['median_ms']:>9.3f}"
               f"{row['int8']['bytes'] / 1024:>9.0f}{row['int8']['median_ms']:>9.3f}")
     if args.json:

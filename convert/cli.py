@@ -54,6 +54,9 @@ def register_convert(sub) -> None:
     p.add_argument("--float-heads", action="store_true",
                    help="tflite-int8-float, onnx-int8: keep each head's output layer in float (the trunk stays "
                         "int8); less int8 error on the answers for a few thousand float multiply-adds")
+    p.add_argument("--float-stem", action="store_true",
+                   help="tflite-int8-float, onnx-int8: keep the first convolution (one grey channel in) in float; "
+                        "faster in LiteRT than its int8 kernel, and less int8 error")
     p.add_argument("--tolerance", action="append", metavar="HEAD=V",
                    help="override a head's tolerance (NME points up / accuracy points down); repeatable")
     p.add_argument("--min-agreement", action="append", metavar="HEAD=F",
@@ -85,6 +88,7 @@ def run_convert(args) -> int:
         opts = ConvertOptions(
             formats=_formats(args.formats), split=args.split, limit=args.limit, calibration=args.calibration,
             opset=args.opset, per_channel=args.per_channel, equalize=args.equalize, float_heads=args.float_heads,
+            float_stem=args.float_stem,
             tolerances=parse_head_values(args.tolerance, "--tolerance"), agreements=agreements,
             latency_runs=args.latency_runs)
         out = args.out if args.out is not None else model.parent / "converted"

@@ -52,6 +52,7 @@ class ExportContext:
     per_channel: bool = False            # onnx-int8 weights (TFLite int8 is always per-channel)
     equalize: bool = True
     float_heads: bool = False            # int8 formats with float outputs: head output layers stay float
+    float_stem: bool = False             # int8 formats with float input: the first convolution stays float
     workdir: Path | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -83,6 +84,15 @@ class ExportContext:
         """Whether `fmt` leaves each head's output layer in float: `float_heads`, int8
         activations, float outputs (`tflite-int8` answers in int8 by definition)."""
         return self.float_heads and "calibration" in fmt.options and not fmt.integer_io
+
+    def keeps_stem_float(self, fmt: Format) -> bool:
+        """Whether `fmt` leaves the first convolution in float: `float_stem`, int8 activations,
+        float input (`tflite-int8` takes int8 by definition)."""
+        return self.float_stem and "calibration" in fmt.options and not fmt.integer_io
+
+    def float_layers(self, fmt: Format) -> bool:
+        """Whether `fmt` keeps any layer in float inside an int8 graph (selective quantization)."""
+        return self.keeps_heads_float(fmt) or self.keeps_stem_float(fmt)
 
     def _variant(self, fmt: Format) -> str:
         """Which model `fmt` starts from: "trained", or "equalized-pc" / "equalized-pt" (for
@@ -207,26 +217,38 @@ def tflite_io_quantization(data: bytes) -> dict[str, QuantParams]:
     return out
 
 
-def _tflite_head_tensors(ctx: ExportContext, fmt: Format) -> list[str]:
-    """Names of the heads' output tensors in TFLite's graph of the model: the signature outputs
-    of its float conversion (each is the output of the head's Dense layer)."""
+def _tflite_float_tensors(ctx: ExportContext, fmt: Format) -> list[str]:
+    """Names, in TFLite's graph of the model (its float conversion), of the tensors whose
+    layers stay float: each head's output (a signature output: the head's Dense layer) with
+    `float_heads`, the first convolution's output with `float_stem`."""
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=tf.lite.TFLiteConverter.from_saved_model(str(ctx.saved_model(fmt))).convert())
     names = {d["index"]: d["name"] for d in it.get_tensor_details()}
-    return [names[d["index"]] for d in it.get_signature_runner().get_output_details().values()]
+    found = []
+    if ctx.keeps_heads_float(fmt):
+        found += [names[d["index"]] for d in it.get_signature_runner().get_output_details().values()]
+    if ctx.keeps_stem_float(fmt):
+        conv = next((op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"), None)
+        if conv is None:
+            raise ExportError("cannot find a first convolution to keep in float (--float-stem)")
+        found.append(names[conv["outputs"][0]])
+    return found
 
 
-def _float_heads_tflite(conv, fmt: Format, ctx: ExportContext) -> bytes:
-    """The full-integer graph with the heads' output layers left in float: TensorFlow's
-    selective quantization (the QuantizationDebugger's denylist). The trunk, where all but a
-    few thousand of the multiply-adds are, stays int8; the heads, where the answers' precision
-    is, lose nothing to output scales (bench/int8_layers.py measures what that buys)."""
+def _float_layers_tflite(conv, fmt: Format, ctx: ExportContext) -> bytes:
+    """The full-integer graph with some layers left in float: TensorFlow's selective
+    quantization (the QuantizationDebugger's denylist). The trunk, where nearly all of the
+    multiply-adds are, stays int8. The heads' output layers (`float_heads`), where the answers'
+    precision is, lose nothing to output scales (bench/int8_layers.py measures what that buys).
+    The first convolution (`float_stem`) reads one grey channel: XNNPACK's int8 kernel runs such
+    a convolution about 3x slower than its float one (README, Convert), and its int8 rounding
+    is the trunk's largest (bench/int8_layers.py), so in float it costs less time, not more."""
     import tensorflow as tf
 
     crops = ctx.need_calibration(fmt)
-    opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=_tflite_head_tensors(ctx, fmt))
+    opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=_tflite_float_tensors(ctx, fmt))
     dbg = tf.lite.experimental.QuantizationDebugger(
         converter=conv, debug_options=opts, debug_dataset=lambda: ([crops[i:i + 1]] for i in range(min(8, len(crops)))))
     return dbg.get_nondebug_quantized_model()
@@ -235,7 +257,7 @@ def _float_heads_tflite(conv, fmt: Format, ctx: ExportContext) -> bytes:
 def export_tflite(fmt: Format, ctx: ExportContext, out: Path) -> None:
     try:
         conv = tflite_converter(fmt, ctx)
-        data = _float_heads_tflite(conv, fmt, ctx) if ctx.keeps_heads_float(fmt) else conv.convert()
+        data = _float_layers_tflite(conv, fmt, ctx) if ctx.float_layers(fmt) else conv.convert()
     except ExportError:
         raise
     except Exception as e:  # the converter raises ConverterError and friends
@@ -419,7 +441,8 @@ def export_onnx_int8(fmt: Format, ctx: ExportContext, out: Path) -> None:
                 weight_type=QuantType.QInt8,
                 per_channel=ctx.per_channel,
                 calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=onnx_head_nodes(pre_proto) if ctx.keeps_heads_float(fmt) else None,
+                nodes_to_exclude=((onnx_head_nodes(pre_proto) if ctx.keeps_heads_float(fmt) else [])
+                                  + (onnx_stem_nodes(pre_proto) if ctx.keeps_stem_float(fmt) else [])) or None,
             )
         except Exception as e:
             raise ExportError(f"onnxruntime.quantization: {_first_line(e)}") from e
@@ -447,6 +470,15 @@ def onnx_head_nodes(proto) -> list[str]:
             raise ExportError(f"cannot find the Dense layer of output {out.name!r} to keep it in float")
         found.append(node.name)
     return found
+
+
+def onnx_stem_nodes(proto) -> list[str]:
+    """The first convolution of the graph (nodes are in topological order): the one that reads
+    the grey image. Left out of quantization, it stays in float."""
+    conv = next((n for n in proto.graph.node if n.op_type == "Conv"), None)
+    if conv is None:
+        raise ExportError("cannot find a first convolution to keep in float (--float-stem)")
+    return [conv.name]
 
 
 def _first_line(e: BaseException) -> str:

@@ -44,6 +44,7 @@ class ConvertOptions:
     per_channel: bool = False
     equalize: bool = True
     float_heads: bool = False          # int8 formats with float outputs: head output layers stay float
+    float_stem: bool = False           # int8 formats with float input: the first convolution stays float
     tolerances: dict[str, float] = field(default_factory=dict)
     agreements: dict[str, float] = field(default_factory=dict)
     latency_runs: int = 200
@@ -126,7 +127,8 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[FormatResult] = []
     with ExportContext(model, spec, None if cal is None else cal.x, opset=opts.opset,
-                       per_channel=opts.per_channel, equalize=opts.equalize, float_heads=opts.float_heads) as ctx:
+                       per_channel=opts.per_channel, equalize=opts.equalize, float_heads=opts.float_heads,
+                       float_stem=opts.float_stem) as ctx:
         for fmt in formats:
             results.append(_one_format(fmt, ctx, out_dir, held, reference, opts, log))
     shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)
@@ -143,7 +145,7 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
         "check": {"split": opts.split, "faces": len(held), "source": held.source, "skipped": held.skipped},
         "calibration": None if cal is None else {"faces": len(cal), "source": cal.source},
         "options": {"opset": opts.opset, "per_channel": opts.per_channel, "equalize": opts.equalize,
-                    "float_heads": opts.float_heads, "tolerances": opts.tolerances,
+                    "float_heads": opts.float_heads, "float_stem": opts.float_stem, "tolerances": opts.tolerances,
                     "min_agreement": opts.agreements, "latency": "batch 1, one thread, median / p95 ms"},
         "passed": all(r.passed for r in results),
         "formats": [r.to_dict() for r in results],

@@ -513,6 +513,62 @@ def test_float_heads_keep_every_head_layer_float_and_the_trunk_int8(tmp_path):
         assert err[True] <= 1.01 * err[False], (name, err)
 
 
+def _stem_weight_dtypes(tflite: Path, onnx_path: Path) -> tuple[str, str, bool]:
+    """(dtype of the first convolution's kernel in the TFLite file, dtype of another conv's
+    kernel there, whether the ONNX file's first Conv reads its weights through DequantizeLinear)."""
+    import onnx
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(tflite))
+    dtypes = {d["index"]: np.dtype(d["dtype"]).name for d in it.get_tensor_details()}
+    convs = [op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
+    first, later = (dtypes[op["inputs"][1]] for op in (convs[0], convs[1]))
+    proto = onnx.load(str(onnx_path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    w = producer.get(conv.input[1])
+    return first, later, w is not None and w.op_type == "DequantizeLinear"
+
+
+@pytest.mark.slow
+def test_float_stem_keeps_the_first_convolution_float_and_the_rest_int8(tmp_path):
+    from convert.export import ExportContext, export
+
+    model = tiny_model()
+    files = {}
+    for float_stem in (False, True):
+        with ExportContext(model, model.model_spec, crops(64, seed=2), float_heads=True, float_stem=float_stem) as ctx:
+            for name in ("tflite-int8-float", "onnx-int8"):
+                fmt = get_format(name)
+                files[name, float_stem] = tmp_path / f"{float_stem}-{fmt.file_name()}"
+                export(fmt, ctx, files[name, float_stem])
+    assert _stem_weight_dtypes(files["tflite-int8-float", False], files["onnx-int8", False]) == ("int8", "int8", True)
+    assert _stem_weight_dtypes(files["tflite-int8-float", True], files["onnx-int8", True]) == ("float32", "int8", False)
+    # the head layers stay float alongside (the two options add up)
+    assert all(dt == "float32" for dts in _tflite_weight_dtypes(files["tflite-int8-float", True]).values() for dt in dts)
+    x = crops(64, seed=5)
+    ref = {k: np.asarray(v) for k, v in model.predict(x, verbose=0).items()}
+    for name in ("tflite-int8-float", "onnx-int8"):
+        err = {}
+        for float_stem in (False, True):
+            with load_backend(files[name, float_stem]) as b:
+                got = b.run(x)
+            err[float_stem] = np.mean([np.abs(got[h] - ref[h]).mean() / np.abs(ref[h]).mean() for h in ref])
+        assert err[True] <= 1.01 * err[False], (name, err)
+
+
+def test_onnx_stem_nodes_refuses_a_graph_without_a_convolution():
+    from onnx import TensorProto, helper
+
+    from convert.export import ExportError, onnx_stem_nodes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("pose", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["pose"], name="relu")], "g", [x], [y])
+    with pytest.raises(ExportError, match="first convolution"):
+        onnx_stem_nodes(helper.make_model(graph))
+
+
 def test_onnx_head_nodes_refuses_an_output_without_a_dense_layer():
     from onnx import TensorProto, helper
 

@@ -47,7 +47,7 @@ def test_trunk_depth_drops_the_last_blocks_and_round_trips():
         build_model(default_spec(), width=8, depth=7)
 
 
-def test_stem_first_block_and_head_hidden_options_round_trip():
+def test_stem_first_block_features_and_head_hidden_options_round_trip():
     narrow = build_model(default_spec(), width=8, first_block=1)
     wide = build_model(default_spec(), width=8)  # the default: two widths
     assert narrow.get_layer("block1_pw").filters == 8 and wide.get_layer("block1_pw").filters == 16
@@ -62,6 +62,13 @@ def test_stem_first_block_and_head_hidden_options_round_trip():
     again = FaceMTL.from_config(hidden.get_config())
     assert again.get_config() == hidden.get_config() and again.count_params() == hidden.count_params()
     assert hidden.count_params() == wide.count_params() + 4 * (256 * 16 + 16) + 16 * (2 + 2 + 2 + 5) - 256 * (2 + 2 + 2 + 5)
+    slim = build_model(default_spec(), width=8, features=32)
+    assert slim.get_layer("features_dense").units == 32 and wide.get_layer("features_dense").units == 256
+    assert FaceMTL.from_config(slim.get_config()).get_layer("features_dense").units == 32
+    old = {k: v for k, v in slim.get_config().items() if k != "features"}  # a file from before the option
+    assert FaceMTL.from_config(old).get_layer("features_dense").units == 256
+    with pytest.raises(ValueError, match="features must be >= 1"):
+        build_model(default_spec(), width=8, features=0)
 
 
 def test_crop_scale_option_reaches_the_spec_the_model_carries():

@@ -21,7 +21,7 @@ from train.trunks import build_trunk
 class FaceMTL(keras.Model):
     def __init__(self, spec: dict, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
                  activation: str = "relu6", depth: int = 5, first_block: int = 2, head_hidden: int = 0, stem: int = 0,
-                 **kwargs):
+                 features: int = 256, **kwargs):
         model_spec = ModelSpec.from_dict(spec)
         if not model_spec.heads:
             raise ValueError("the model spec has no heads; give at least one (--heads)")
@@ -33,8 +33,9 @@ class FaceMTL(keras.Model):
             options["depth"] = depth
             options["first_block"] = first_block
             options["stem"] = stem
-        features = build_trunk(trunk, inputs, **options)
-        outputs = MultiHead.from_spec(model_spec, hidden=head_hidden).outputs(features)
+            options["features"] = features
+        shared = build_trunk(trunk, inputs, **options)
+        outputs = MultiHead.from_spec(model_spec, hidden=head_hidden).outputs(shared)
         kwargs.setdefault("name", "facemtl")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         # === Config ===
@@ -47,6 +48,7 @@ class FaceMTL(keras.Model):
         self.first_block = first_block
         self.head_hidden = head_hidden
         self.stem = stem
+        self.features = features
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -63,6 +65,7 @@ class FaceMTL(keras.Model):
             "first_block": self.first_block,
             "head_hidden": self.head_hidden,
             "stem": self.stem,
+            "features": self.features,
             "name": self.name,
         }
 
@@ -74,10 +77,12 @@ class FaceMTL(keras.Model):
 
 
 def build_model(spec: ModelSpec, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
-                activation: str = "relu6", depth: int = 5, first_block: int = 2, head_hidden: int = 0, stem: int = 0) -> FaceMTL:
+                activation: str = "relu6", depth: int = 5, first_block: int = 2, head_hidden: int = 0, stem: int = 0,
+                features: int = 256) -> FaceMTL:
     spec = spec.replace(trunk=trunk)
     return FaceMTL(spec.to_dict(), trunk=trunk, width=width, dropout=dropout, activation=activation,
-                   depth=depth, first_block=first_block, head_hidden=head_hidden, stem=stem)
+                   depth=depth, first_block=first_block, head_hidden=head_hidden, stem=stem,
+                   features=features)
 
 
 def save_model(model: FaceMTL, path: str | Path) -> None:

@@ -74,7 +74,7 @@ _MTFL_BLOCKS = ((2, 1), (2, 2), (2, 1), (4, 2), (4, 1), (4, 1))
 
 
 def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", depth: int = 5, first_block: int = 2,
-         stem: int = 0):
+         stem: int = 0, features: int = 256):
     """The default: a BN+ReLU trunk of depthwise-separable blocks sized for 40x40 and the edge.
 
     A full 3x3 stem with stride 2, then separable blocks down to 5x5. The last map is
@@ -85,7 +85,9 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     than six and scored better on validation (README, run 6). `first_block` sets the filters
     of the first block (a multiple of width): at 20x20 its pointwise convolution is the
     costliest layer (one width: int8 0.157 against 0.182 ms, `bench/trunks.json`). `stem`:
-    filters of the first convolution (0: `width`).
+    filters of the first convolution (0: `width`). `features`: units of the shared feature layer
+    that every head reads; it reads the whole flattened 5x5 map, which makes it the costliest
+    single layer at batch 1 (3200x256 weights: about a quarter of the int8 trunk's time).
     """
     # The stem reads 3x3 grey patches, nine numbers, so it has at most nine independent linear
     # features; but after BatchNorm and ReLU6 its filters are not redundant: 16 instead of 32
@@ -101,7 +103,9 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     x = layers.Flatten(name="flatten")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    x = layers.Dense(256, use_bias=False, name="features_dense")(x)
+    if features < 1:
+        raise ValueError(f"features must be >= 1, got {features}")
+    x = layers.Dense(features, use_bias=False, name="features_dense")(x)
     x = layers.BatchNormalization(name="features_bn")(x)
     return _act(x, activation, "features")
 
