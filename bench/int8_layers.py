@@ -7,7 +7,8 @@ seeded training crops calibrate it), then
    the same int8 inputs, over its output scale; about 0.29 is rounding alone);
 2. scores the held-out faces (the validation part of training.txt, as the conversion check
    does) with the float model, the all-int8 file, and files where some layers stay in float
-   (the debugger's selective quantization): every head's output layer, the stem, or both.
+   (the debugger's selective quantization): every head's output layer, the stem, or both;
+3. times each variant's `invoke()` at batch 1, one thread, the files interleaved.
 
     python bench/int8_layers.py models/default/model.keras [--data DIR] [--json FILE]
 
@@ -67,9 +68,11 @@ def main() -> int:
     ap.add_argument("model", type=Path, help="model.keras (spec.json beside it)")
     ap.add_argument("--data", default=os.environ.get("FACEMTL_DATA", "../shared/data/mtfl"))
     ap.add_argument("--calibration", type=int, default=500)
+    ap.add_argument("--runs", type=int, default=2000, help="timed invoke() calls per variant (median, one thread)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
+    from convert.bench import tflite_invoke_ms
     from convert.data import calibration, held_out
     from convert.export import ExportContext
     from runtime.spec import ModelSpec
@@ -98,19 +101,25 @@ def main() -> int:
 
         reference = {k: np.asarray(v) for k, v in model.predict(held.x, batch_size=512, verbose=0).items()}
         report["variants"]["float (Keras)"] = _scores(spec, reference, held)
-        all_int8, tensors = _run(dbg.get_nondebug_quantized_model(), held.x)
+        files = {"all int8": dbg.get_nondebug_quantized_model()}
+        all_int8, tensors = _run(files["all int8"], held.x)
         report["variants"]["all int8"] = _scores(spec, all_int8, held)
         # a signature output's tensor is its head's output layer: the name the debugger denylists
         for label, deny in (("heads' output layers in float", list(tensors.values())),
                             ("stem in float", [stem]),
                             ("heads and stem in float", [*tensors.values(), stem])):
-            data = _debugger(ctx, crops, deny).get_nondebug_quantized_model()
-            report["variants"][label] = _scores(spec, _run(data, held.x)[0], held)
+            files[label] = _debugger(ctx, crops, deny).get_nondebug_quantized_model()
+            report["variants"][label] = _scores(spec, _run(files[label], held.x)[0], held)
+    # what each variant costs at batch 1 on one thread, the files taking turns (as facemtl bench)
+    latency = {label: med for label, (med, _) in zip(files, tflite_invoke_ms(list(files.values()), args.runs))}
     print(f"\n{len(held)} held-out faces ({held.source}); landmarks: NME %, classes: accuracy %")
     heads = [h.name for h in spec.heads]
-    print(f"  {'variant':32s} " + " ".join(f"{h:>9s}" for h in heads))
+    print(f"  {'variant':32s} " + " ".join(f"{h:>9s}" for h in heads) + "  invoke ms")
     for label, s in report["variants"].items():
-        print(f"  {label:32s} " + " ".join(f"{s[h]:9.3f}" for h in heads))
+        ms = f"{latency[label]:10.4f}" if label in latency else ""
+        print(f"  {label:32s} " + " ".join(f"{s[h]:9.3f}" for h in heads) + ms)
+        if label in latency:
+            s["invoke_ms"] = round(latency[label], 4)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -48,23 +48,6 @@ def tflite_bytes(model, int8: bool) -> bytes:
         return conv.convert()
 
 
-def interleaved_ms(contents: list[bytes], runs: int, rounds: int = 10) -> list[tuple[float, float]]:
-    """(median, p95) ms of `invoke()` per model, the models taking turns (`time_interleaved`)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from convert.bench import time_interleaved
-
-    calls = []
-    for content in contents:
-        it = Interpreter(model_content=content, num_threads=1)
-        it.allocate_tensors()
-        inp = it.get_input_details()[0]
-        it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
-        calls.append(it.invoke)
-    times = time_interleaved(calls, runs, warmup=100, rounds=rounds)
-    return [(float(np.median(t) * 1e3), float(np.percentile(t, 95) * 1e3)) for t in times]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2000)
@@ -73,6 +56,7 @@ def main() -> int:
     from train.quiet import import_tensorflow
 
     import_tensorflow()
+    from convert.bench import tflite_invoke_ms
     from runtime.spec import default_spec
     from train.model import build_model
 
@@ -84,7 +68,7 @@ def main() -> int:
                      "features": features, "params": int(model.count_params())})
         for kind in ("fp32", "int8"):
             contents.append(tflite_bytes(model, kind == "int8"))
-    timings = iter(zip(contents, interleaved_ms(contents, args.runs)))
+    timings = iter(zip(contents, tflite_invoke_ms(contents, args.runs)))
     print(f"{'trunk':<10}{'width':>6}{'depth':>6}{'first':>6}{'stem':>6}{'feat':>6}{'params':>10}{'fp32 KB':>9}{'fp32 ms':>9}{'int8 KB':>9}{'int8 ms':>9}"
           "  (median, batch 1, 1 thread, interleaved)")
     for row in rows:

@@ -47,6 +47,23 @@ def time_interleaved(calls: list, runs: int = 200, warmup: int = 20, rounds: int
     return times
 
 
+def tflite_invoke_ms(contents: list[bytes], runs: int, rounds: int = 10) -> list[tuple[float, float]]:
+    """(median, p95) ms of `invoke()` per TFLite model (file bytes) at batch 1, one thread, the
+    models taking turns (`time_interleaved`); the input is zeros, since latency does not
+    depend on it. What bench/ scripts compare variants of a model with."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    calls = []
+    for content in contents:
+        it = Interpreter(model_content=content, num_threads=1)
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
+        calls.append(it.invoke)
+    times = time_interleaved(calls, runs, warmup=100, rounds=rounds)
+    return [(float(np.median(t) * 1e3), float(np.percentile(t, 95) * 1e3)) for t in times]
+
+
 def _summary(times: np.ndarray) -> dict[str, float]:
     return {"median": float(np.median(times) * 1e3), "p95": float(np.percentile(times, 95) * 1e3), "runs": len(times)}
 

@@ -557,25 +557,24 @@ def test_float_stem_keeps_the_first_convolution_float_and_the_rest_int8(tmp_path
         assert err[True] <= 1.01 * err[False], (name, err)
 
 
-def test_onnx_stem_nodes_refuses_a_graph_without_a_convolution():
+def _relu_only_onnx():
+    """An ONNX graph with neither a convolution nor a Dense layer: x -> Relu -> pose."""
     from onnx import TensorProto, helper
-
-    from convert.export import ExportError, onnx_stem_nodes
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("pose", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["pose"], name="relu")], "g", [x], [y])
+    return helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["pose"], name="relu")], "g", [x], [y]))
+
+
+def test_onnx_stem_nodes_refuses_a_graph_without_a_convolution():
+    from convert.export import ExportError, onnx_stem_nodes
+
     with pytest.raises(ExportError, match="first convolution"):
-        onnx_stem_nodes(helper.make_model(graph))
+        onnx_stem_nodes(_relu_only_onnx())
 
 
 def test_onnx_head_nodes_refuses_an_output_without_a_dense_layer():
-    from onnx import TensorProto, helper
-
     from convert.export import ExportError, onnx_head_nodes
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("pose", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["pose"], name="relu")], "g", [x], [y])
     with pytest.raises(ExportError, match="Dense layer of output 'pose'"):
-        onnx_head_nodes(helper.make_model(graph))
+        onnx_head_nodes(_relu_only_onnx())

@@ -84,7 +84,7 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     `depth` keeps the first blocks of the table: five (the default) are 5% faster in int8
     than six and scored better on validation (README, run 6). `first_block` sets the filters
     of the first block (a multiple of width): at 20x20 its pointwise convolution is the
-    costliest layer (one width: int8 0.157 against 0.182 ms, `bench/trunks.json`). `stem`:
+    costliest layer (one width: int8 0.156 against 0.181 ms, `bench/trunks.json`). `stem`:
     filters of the first convolution (0: `width`). `features`: units of the shared feature layer
     that every head reads; it reads the whole flattened 5x5 map, which makes it the costliest
     single layer at batch 1 (3200x256 weights: about a quarter of the int8 trunk's time).
