@@ -80,15 +80,19 @@ class ExportContext:
         """Whether `fmt` starts from the equalized model: int8 activations, and equalize on."""
         return self.equalize and "calibration" in fmt.options
 
+    @staticmethod
+    def _int8_with_float_io(fmt: Format) -> bool:
+        """int8 activations with float input and outputs: where layers can stay float at the
+        graph's edges (`tflite-int8` takes and answers int8 by definition)."""
+        return "calibration" in fmt.options and not fmt.integer_io
+
     def keeps_heads_float(self, fmt: Format) -> bool:
-        """Whether `fmt` leaves each head's output layer in float: `float_heads`, int8
-        activations, float outputs (`tflite-int8` answers in int8 by definition)."""
-        return self.float_heads and "calibration" in fmt.options and not fmt.integer_io
+        """Whether `fmt` leaves each head's output layer in float (`float_heads`)."""
+        return self.float_heads and self._int8_with_float_io(fmt)
 
     def keeps_stem_float(self, fmt: Format) -> bool:
-        """Whether `fmt` leaves the first convolution in float: `float_stem`, int8 activations,
-        float input (`tflite-int8` takes int8 by definition)."""
-        return self.float_stem and "calibration" in fmt.options and not fmt.integer_io
+        """Whether `fmt` leaves the first convolution in float (`float_stem`)."""
+        return self.float_stem and self._int8_with_float_io(fmt)
 
     def float_layers(self, fmt: Format) -> bool:
         """Whether `fmt` keeps any layer in float inside an int8 graph (selective quantization)."""

@@ -472,19 +472,40 @@ def _onnx_head_weights_quantized(path: Path) -> dict[str, bool]:
     return out
 
 
-@pytest.mark.slow
-def test_float_heads_keep_every_head_layer_float_and_the_trunk_int8(tmp_path):
+def _export_without_and_with(model, tmp_path: Path, names: tuple[str, ...], option: str, **fixed) -> dict:
+    """(format name, option value) -> file: each format exported with the ExportContext option
+    `option` off and on, the other options as in `fixed`."""
     from convert.export import ExportContext, export
 
+    files = {}
+    for on in (False, True):
+        with ExportContext(model, model.model_spec, crops(64, seed=2), **fixed, **{option: on}) as ctx:
+            for name in names:
+                fmt = get_format(name)
+                files[name, on] = tmp_path / f"{on}-{fmt.file_name()}"
+                export(fmt, ctx, files[name, on])
+    return files
+
+
+def _assert_no_further_from_keras(model, files: dict) -> None:
+    """With the option on, each float-I/O int8 file's answers are no further from Keras's than
+    with it off (mean relative error over the heads, 1% slack)."""
+    x = crops(64, seed=5)
+    ref = {k: np.asarray(v) for k, v in model.predict(x, verbose=0).items()}
+    for name in ("tflite-int8-float", "onnx-int8"):
+        err = {}
+        for on in (False, True):
+            with load_backend(files[name, on]) as b:
+                got = b.run(x)
+            err[on] = np.mean([np.abs(got[h] - ref[h]).mean() / np.abs(ref[h]).mean() for h in ref])
+        assert err[True] <= 1.01 * err[False], (name, err)
+
+
+@pytest.mark.slow
+def test_float_heads_keep_every_head_layer_float_and_the_trunk_int8(tmp_path):
     model = tiny_model()
     units = sorted(h.units for h in model.model_spec.heads)
-    files = {}
-    for float_heads in (False, True):
-        with ExportContext(model, model.model_spec, crops(64, seed=2), float_heads=float_heads) as ctx:
-            for name in ("tflite-int8-float", "onnx-int8", "tflite-int8"):
-                fmt = get_format(name)
-                files[name, float_heads] = tmp_path / f"{float_heads}-{fmt.file_name()}"
-                export(fmt, ctx, files[name, float_heads])
+    files = _export_without_and_with(model, tmp_path, ("tflite-int8-float", "onnx-int8", "tflite-int8"), "float_heads")
     plain, heads = (_tflite_weight_dtypes(files["tflite-int8-float", f]) for f in (False, True))
     assert sorted(s[0] for s, dts in plain.items() for _ in dts) == units
     assert all(dt == "int8" for dts in plain.values() for dt in dts)
@@ -502,15 +523,7 @@ def test_float_heads_keep_every_head_layer_float_and_the_trunk_int8(tmp_path):
     # the float-head files run in the runtime, spec and all; their answers are no further from
     # Keras's than the all-int8 files' (the head layers' rounding is gone; on this random tiny
     # model the trunk's rounding dominates, so "no further" is all that can be asked)
-    x = crops(64, seed=5)
-    ref = {k: np.asarray(v) for k, v in model.predict(x, verbose=0).items()}
-    for name in ("tflite-int8-float", "onnx-int8"):
-        err = {}
-        for float_heads in (False, True):
-            with load_backend(files[name, float_heads]) as b:
-                got = b.run(x)
-            err[float_heads] = np.mean([np.abs(got[h] - ref[h]).mean() / np.abs(ref[h]).mean() for h in ref])
-        assert err[True] <= 1.01 * err[False], (name, err)
+    _assert_no_further_from_keras(model, files)
 
 
 def _stem_weight_dtypes(tflite: Path, onnx_path: Path) -> tuple[str, str, bool]:
@@ -532,29 +545,13 @@ def _stem_weight_dtypes(tflite: Path, onnx_path: Path) -> tuple[str, str, bool]:
 
 @pytest.mark.slow
 def test_float_stem_keeps_the_first_convolution_float_and_the_rest_int8(tmp_path):
-    from convert.export import ExportContext, export
-
     model = tiny_model()
-    files = {}
-    for float_stem in (False, True):
-        with ExportContext(model, model.model_spec, crops(64, seed=2), float_heads=True, float_stem=float_stem) as ctx:
-            for name in ("tflite-int8-float", "onnx-int8"):
-                fmt = get_format(name)
-                files[name, float_stem] = tmp_path / f"{float_stem}-{fmt.file_name()}"
-                export(fmt, ctx, files[name, float_stem])
+    files = _export_without_and_with(model, tmp_path, ("tflite-int8-float", "onnx-int8"), "float_stem", float_heads=True)
     assert _stem_weight_dtypes(files["tflite-int8-float", False], files["onnx-int8", False]) == ("int8", "int8", True)
     assert _stem_weight_dtypes(files["tflite-int8-float", True], files["onnx-int8", True]) == ("float32", "int8", False)
     # the head layers stay float alongside (the two options add up)
     assert all(dt == "float32" for dts in _tflite_weight_dtypes(files["tflite-int8-float", True]).values() for dt in dts)
-    x = crops(64, seed=5)
-    ref = {k: np.asarray(v) for k, v in model.predict(x, verbose=0).items()}
-    for name in ("tflite-int8-float", "onnx-int8"):
-        err = {}
-        for float_stem in (False, True):
-            with load_backend(files[name, float_stem]) as b:
-                got = b.run(x)
-            err[float_stem] = np.mean([np.abs(got[h] - ref[h]).mean() / np.abs(ref[h]).mean() for h in ref])
-        assert err[True] <= 1.01 * err[False], (name, err)
+    _assert_no_further_from_keras(model, files)
 
 
 def _relu_only_onnx():
