@@ -44,6 +44,10 @@ from runtime.calibration import read_landmark_file, spread_subset  # noqa: E402
 from runtime.preprocess import canonical_square  # noqa: E402
 from runtime.spec import CropPolicy  # noqa: E402
 
+# The frames' geometry and the found criterion are measured in this square, not in the model's:
+# a model with a tighter or looser crop policy is then scored on the same frames by the same rule.
+FRAME_SQUARE = CropPolicy(scale=3.6)
+
 W, H = 640, 480
 CONTEXT = 1.47  # patch side / face square side (an AFLW test image is ~1.47x its face square)
 FACE_SIDE = (68.0, 204.0)
@@ -143,7 +147,7 @@ def make_frames(data: Path, split: str, out: Path, count: int | None, seed: int,
         index = np.array([i for i, f in enumerate(lines) if int(f[-1]) in want])
     keep = index[spread_subset(len(index), count)]
     out.mkdir(parents=True, exist_ok=True)
-    policy = CropPolicy()
+    policy = FRAME_SQUARE
     records = []
     for n, i in enumerate(keep):
         rng = np.random.default_rng([seed, int(i)])
@@ -197,7 +201,7 @@ def score_predictions(jsonl: Path, frames_dir: Path) -> dict:
     """Found rate and NME (frame pixels) of `facemtl predict` output against frames.json."""
     meta = json.loads((frames_dir / "frames.json").read_text())
     truth = {r["file"]: np.array(r["points"], np.float64) for r in meta["frames"]}
-    policy = CropPolicy()
+    policy = FRAME_SQUARE
     n = found = errors = extra = 0
     nmes = []
     for line in jsonl.read_text().splitlines():
@@ -409,7 +413,7 @@ def run_tune(args) -> None:
         if f:
             pose[f[0].replace("\\", "/")] = int(f[-1])
     mix = np.array([193, 450, 1825, 401, 126], float)
-    policy = CropPolicy()
+    policy = FRAME_SQUARE
     names = list(TUNE_CONFIGS) if not args.configs else [n for n in TUNE_CONFIGS if any(
         n.startswith(c) for c in args.configs.split("|"))]
     cv2.setNumThreads(1)

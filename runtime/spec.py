@@ -91,7 +91,7 @@ class CropPolicy:
     are framed like frontal ones. Detectors reach the same square through `calibrations`.
     """
 
-    scale: float = 3.6
+    scale: float = 3.0
     shift_y: float = 0.0
     calibrations: Mapping[str, BoxCalibration] = field(default_factory=dict)
     # "landmarks": the square above. "image": the whole image is the face (the original blog's

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import YUNET
+from runtime.spec import CropPolicy
 from runtime_models import MEAN_SHAPE, trained_model, write_constant_onnx
 
 
-def canonical_shape(scale: float = 3.6) -> np.ndarray:
+def canonical_shape(scale: float = CropPolicy().scale) -> np.ndarray:
     """The test mean face moved and sized to the canonical square's geometry (centroid in the
     middle, RMS spread 1/scale of the side): a face tracked by it stays where it is."""
     p = MEAN_SHAPE.astype(np.float64) - MEAN_SHAPE.mean(axis=0)

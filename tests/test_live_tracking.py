@@ -12,6 +12,7 @@ from live_helpers import canonical_shape, constant_model, live_model, rms_jitter
 from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
 from runtime.live.tracking import TrackingOptions, appearance_match, crop_angle, crop_region
 from runtime.preprocess import Square, crop, to_grey
+from runtime.spec import CropPolicy
 
 needs_sample = pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
                                   reason="the sample stream needs scikit-image (pip install scikit-image)")
@@ -109,7 +110,7 @@ def test_anchored_framing_keeps_the_detector_framing_of_a_biased_model(tmp_path)
     from runtime_models import write_constant_onnx
 
     pytest.importorskip("onnxruntime", reason="running the test ONNX model needs onnxruntime")
-    model = write_constant_onnx(tmp_path / "wide.onnx", landmarks=canonical_shape(3.6 / 1.2))
+    model = write_constant_onnx(tmp_path / "wide.onnx", landmarks=canonical_shape(CropPolicy().scale / 1.2))
     s = _sample("still")
     sides = {}
     for anchor in (True, False):

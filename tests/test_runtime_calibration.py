@@ -162,9 +162,13 @@ def test_haar_calibration_on_mtfl(sample):
     report = C.measure(create_detector("haar"), images, pts, POLICY)
     assert report.match_rate > 0.8
     cal = report.calibrations["haar"]
-    # the frontal box sits high on the face and a bit wide (measured on 2,000 images: dy 0.09, scale 0.87)
-    assert abs(cal.dx) < 0.03 and 0.05 < cal.dy < 0.14 and 0.8 < cal.scale < 0.95
-    assert report.fits["haar"].shift_p90 < 0.08
+    # the frontal box sits high on the face and is wider than the landmarks' square: about 4.1
+    # RMS landmark radii (measured on 1,000 images: dy 0.083, box = 4.17 radii at crop scale 3.0,
+    # 4.17 at 3.6); in radii, so the check holds whatever square the policy asks for
+    box_radii = POLICY.scale / cal.scale
+    assert abs(cal.dx) < 0.03 and 0.05 < cal.dy < 0.14 and 3.8 < box_radii < 4.5
+    # residual centre error p90 in landmark radii (the fit reports it in units of the square)
+    assert report.fits["haar"].shift_p90 * POLICY.scale < 0.29
 
 
 @pytest.mark.data

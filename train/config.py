@@ -50,6 +50,6 @@ class TrainConfig:
     # each face once per epoch; 0.5 gives the rarer poses, where landmarks fail most, more turns
     pose_balance: float = 0.0
     crop: str = "landmarks"                # or "image": the blog's whole-image recipe, for comparison
-    crop_scale: float = 0.0                # side of the face square in RMS landmark radii (0: the spec's, 3.6)
+    crop_scale: float = 0.0                # side of the face square in RMS landmark radii (0: the spec's, 3.0)
     limit: int = 0                         # use only the first N training faces (smoke runs)
     verbose: int = 1
