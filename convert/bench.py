@@ -22,7 +22,8 @@ from runtime.artifact import ModelFileError
 from runtime.formats import FORMAT_NAMES, SUFFIXES
 
 REJECTED_DIR = "rejected"  # where `facemtl convert` keeps files that failed their check
-ROUNDS = 10  # rounds of interleaved timing in `facemtl bench`
+ROUNDS = 50  # rounds of interleaved timing in `facemtl bench`: short rounds, so a fast or slow phase
+# of a shared machine (seconds long) falls on every file alike
 
 
 
