@@ -67,3 +67,46 @@ def test_calibration_is_zero_for_honest_scores_and_names_the_lean():
     assert abs(calibration(sure, truth, ("a", "b"))["ece"] - (99 - 100 * (pred == 0).mean())) < 1.0
     assert calibration(sure, truth, ("a", "b"))["p_true"]["a"] == pytest.approx(0.01 + 0.98 * (pred == 0).mean())
     assert set(calibration(sure, truth, ("a", "b"))["p_true"]) == {"a"}  # only classes that occur
+
+
+def test_scores_are_broken_down_by_image_folder_when_a_split_mixes_several():
+    from pathlib import Path
+
+    from runtime.mtfl import Annotations
+    from runtime.spec import default_spec
+    from train.evaluate import score
+    from train.mtfl import Images
+
+    rng = np.random.default_rng(0)
+    n = 12
+    paths = [f"lfw_5590/{i}.jpg" for i in range(4)] + [f"net_7876/{i}.jpg" for i in range(8)]
+    eyes = np.array([[30.0, 40.0], [70.0, 40.0], [50.0, 60.0], [35.0, 80.0], [65.0, 80.0]])
+    points = eyes + rng.normal(0, 1, (n, 5, 2))
+    labels = {"gender": np.array([0, 1] * 6), "smile": np.zeros(n, int), "glasses": np.ones(n, int),
+              "pose": np.full(n, 2)}
+    data = Images(Annotations(Path("."), paths, points.astype(np.float32), labels), [None] * n, [])
+    mats = np.tile(np.array([[0.01, 0, 0], [0, 0.01, 0]]), (n, 1, 1))  # crop units = pixels / 100
+    guess = points.copy()
+    guess[4:, :, 0] += 4.0  # every net_7876 face 4 px off (10% of the 40-px eye distance)
+    wrong = labels["gender"].copy()
+    wrong[6:] = 1 - wrong[6:]  # the last six net_7876 faces get the other gender
+    outputs = {"landmarks": (guess / 100.0).reshape(n, 10),
+               "gender": np.eye(2)[wrong] * 5.0, "smile": np.eye(2)[labels["smile"]] * 5.0,
+               "glasses": np.eye(2)[labels["glasses"]] * 5.0, "pose": np.eye(5)[labels["pose"]] * 5.0}
+    heads = score(default_spec(), outputs, mats, data)
+
+    lm = heads["landmarks"]["by_collection"]
+    assert {g: v["faces"] for g, v in lm.items()} == {"lfw_5590": 4, "net_7876": 8}
+    assert lm["lfw_5590"]["nme"] < 1e-3
+    iod = np.linalg.norm(points[4:, 1] - points[4:, 0], axis=1)
+    assert lm["net_7876"]["nme"] == pytest.approx(np.mean(100 * 4.0 / iod), rel=1e-4)
+    gender = heads["gender"]["by_collection"]
+    assert gender["lfw_5590"]["accuracy"] == 100.0
+    assert gender["net_7876"]["accuracy"] == pytest.approx(100 * 2 / 8)
+    assert heads["gender"]["accuracy"] == pytest.approx(100 * 6 / 12)
+    assert heads["smile"]["by_collection"]["net_7876"]["accuracy"] == 100.0
+
+    # one folder only (the test split): no breakdown
+    one = Images(Annotations(Path("."), [f"AFLW/{i}.jpg" for i in range(n)], points.astype(np.float32), labels),
+                 [None] * n, [])
+    assert "by_collection" not in score(default_spec(), outputs, mats, one)["gender"]

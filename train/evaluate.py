@@ -52,6 +52,11 @@ class EvalReport:
                              f"balanced {m['balanced_accuracy']:.2f}%  ECE {m['calibration']['ece']:.1f}  "
                              f"confidently contradicted {m['contradicted']}")
         lines.append("  (95% bootstrap intervals over faces in brackets)")
+        for name, m in self.heads.items():
+            if "by_collection" in m:
+                key = "nme" if "nme" in m else "accuracy"
+                parts = ", ".join(f"{g} {v[key]:.2f}% ({v['faces']})" for g, v in m["by_collection"].items())
+                lines.append(f"  {name:<10} {'NME' if key == 'nme' else key} by image folder: {parts}")
         return "\n".join(lines)
 
 
@@ -83,17 +88,36 @@ def score(spec: ModelSpec, outputs: dict, mats: np.ndarray, data: Images) -> dic
     """Metrics per head from raw outputs; landmarks compared in pixels of the original image."""
     heads = {}
     ann = data.annotations
+    groups = collections(ann.paths)
     for h in spec.heads:
         dec = h.decode(outputs[h.name])
         if h.kind == REGRESSION:
             pts = np.stack([to_image(p, m) for p, m in zip(dec["points"], mats)])
+            nme = nme_per_face(pts, ann.points)
             heads[h.name] = landmark_metrics(pts, ann.points, spec.landmark_names).to_dict()
-            heads[h.name]["by_true_pose"] = _by_pose(nme_per_face(pts, ann.points), ann.labels["pose"])
+            heads[h.name]["by_true_pose"] = _by_pose(nme, ann.labels["pose"])
+            if groups:
+                heads[h.name]["by_collection"] = {g: _nme_summary(nme[i]) for g, i in groups.items()}
         else:
-            heads[h.name] = class_metrics(dec["class_ids"], ann.labels[h.name], h.labels).to_dict()
-            heads[h.name]["contradicted"] = int(len(contradicted(dec["probabilities"], ann.labels[h.name])))
-            heads[h.name]["calibration"] = calibration(dec["probabilities"], ann.labels[h.name], h.labels)
+            true = ann.labels[h.name]
+            heads[h.name] = class_metrics(dec["class_ids"], true, h.labels).to_dict()
+            heads[h.name]["contradicted"] = int(len(contradicted(dec["probabilities"], true)))
+            heads[h.name]["calibration"] = calibration(dec["probabilities"], true, h.labels)
+            if groups:
+                heads[h.name]["by_collection"] = {
+                    g: {"faces": int(len(i)), "accuracy": float(100.0 * (dec["class_ids"][i] == true[i]).mean())}
+                    for g, i in groups.items()}
     return heads
+
+
+def collections(paths: list[str]) -> dict[str, np.ndarray]:
+    """Face indices per image folder (MTFL's `lfw_5590`, `net_7876`, `AFLW`), or {} when all
+    faces come from one. training.txt mixes two sources that differ from each other as the
+    test set differs from both (LFW is 74% male press photographs, net_7876 47% web photos),
+    so a validation figure per folder shows how much of it may carry over to AFLW."""
+    names = np.array([p.split("/", 1)[0] if "/" in p else "." for p in paths])
+    found = sorted(set(names.tolist()))
+    return {g: np.flatnonzero(names == g) for g in found} if len(found) > 1 else {}
 
 
 # A face whose annotated class the model gives less than this probability counts as
@@ -120,15 +144,18 @@ def contradicted(probabilities: np.ndarray, true_ids: np.ndarray, below: float =
     return errors[p_true < below]
 
 
+def _nme_summary(nme: np.ndarray) -> dict:
+    from train.metrics import FAILURE_NME
+
+    return {"faces": int(len(nme)), "nme": float(nme.mean()), "failure_rate": float(100 * (nme > FAILURE_NME).mean())}
+
+
 def _by_pose(nme: np.ndarray, pose: np.ndarray) -> dict[str, dict]:
     """NME and failure rate per annotated pose class: where the landmark error comes from."""
     from runtime.spec import default_spec
-    from train.metrics import FAILURE_NME
 
     labels = default_spec().head("pose").labels
-    return {labels[k]: {"faces": int((pose == k).sum()), "nme": float(nme[pose == k].mean()),
-                        "failure_rate": float(100 * (nme[pose == k] > FAILURE_NME).mean())}
-            for k in range(len(labels)) if (pose == k).any()}
+    return {labels[k]: _nme_summary(nme[pose == k]) for k in range(len(labels)) if (pose == k).any()}
 
 
 def decode_landmarks(spec: ModelSpec, outputs: dict, mats: np.ndarray) -> np.ndarray:
@@ -173,5 +200,5 @@ def write_json(report: EvalReport, path: Path) -> None:
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-__all__ = ["EvalReport", "evaluate", "keras_predictor", "canonical_crops", "confident_errors", "contradicted", "score",
-           "nme_per_face", "write_json"]
+__all__ = ["EvalReport", "evaluate", "keras_predictor", "canonical_crops", "collections", "confident_errors",
+           "contradicted", "score", "nme_per_face", "write_json"]
