@@ -22,7 +22,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _summary(heads: dict) -> str:
-    return "  ".join(f"{k} {v['nme'] if 'nme' in v else v['accuracy']:.2f}" for k, v in heads.items())
+    """Each head's main figure, overall and then per image folder (`by_collection`)."""
+    def figures(of: dict) -> str:
+        return "  ".join(f"{k} {v['nme'] if 'nme' in v else v['accuracy']:.2f}" for k, v in of.items())
+
+    lines = [figures(heads)]
+    folders = next(iter(heads.values())).get("by_collection", {})
+    for g in folders:
+        lines.append(f"    {g}: " + figures({k: v["by_collection"][g] for k, v in heads.items()}))
+    return "\n".join(lines)
 
 
 def main() -> int:
