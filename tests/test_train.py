@@ -159,6 +159,10 @@ def test_multihead_refuses_wrong_weights():
     assert mh.compile_args()["loss_weights"]["landmarks"] == 1.0
     assert MultiHead.metric_key("val_pose_accuracy", mh.heads) == "val/pose/accuracy"
     assert MultiHead.metric_key("landmarks_nme", mh.heads) == "landmarks/nme"
+    # one head: Keras leaves the output's name out of the metric names
+    assert MultiHead.metric_key("val_accuracy", ["gender"]) == "val/gender/accuracy"
+    assert MultiHead.metric_key("nme", ["landmarks"]) == "landmarks/nme"
+    assert MultiHead.metric_key("val_loss", ["gender"]) == "val/loss"
 
 
 def test_landmark_loss_is_the_nme():
@@ -294,6 +298,14 @@ def test_cli_train_subset_of_heads_and_evaluate_json(tiny_mtfl, tmp_path):
     flipped = json.loads((tmp_path / "f.json").read_text())
     assert flipped["flip_average"] is True and "flip-averaged" in r.stdout
     assert flipped["heads"]["landmarks"]["nme"] != got["heads"]["landmarks"]["nme"]
+    # one head alone: its validation metric is still reported under the head's name
+    one = tmp_path / "one"
+    r = facemtl("train", "--data", tiny_mtfl, "--out", one, "--epochs", 1, "--width", 8, "--heads", "gender",
+                "--calibrate", "")
+    assert r.returncode == 0, r.stderr
+    assert "gender/accuracy" in r.stdout
+    val = json.loads((one / "train.json").read_text())["val"]
+    assert set(val) == {"val/gender/accuracy", "val/loss"}
     # an existing run is not overwritten by accident
     r = facemtl("train", "--data", tiny_mtfl, "--out", run, "--epochs", 1, "--width", 8)
     assert r.returncode == 2 and "--resume" in r.stderr

@@ -233,12 +233,18 @@ class MultiHead:
 
     @staticmethod
     def metric_key(keras_key: str, head_names) -> str:
-        """`val_pose_accuracy` -> `val/pose/accuracy`; `pose_loss` -> `pose/loss`."""
+        """`val_pose_accuracy` -> `val/pose/accuracy`; `pose_loss` -> `pose/loss`.
+
+        A model with one head gets its metrics from Keras without the output's name
+        (`val_accuracy`, `nme`), so they are given the head's name here; `loss` stays the total."""
         prefix = ""
         key = keras_key
+        names = list(head_names)
         if key.startswith("val_"):
             prefix, key = "val/", key[4:]
-        for n in sorted(head_names, key=len, reverse=True):
+        for n in sorted(names, key=len, reverse=True):
             if key.startswith(n + "_"):
                 return f"{prefix}{n}/{key[len(n) + 1:]}"
+        if len(names) == 1 and key != "loss":
+            return f"{prefix}{names[0]}/{key}"
         return prefix + key
