@@ -88,7 +88,7 @@ def score(spec: ModelSpec, outputs: dict, mats: np.ndarray, data: Images) -> dic
     """Metrics per head from raw outputs; landmarks compared in pixels of the original image."""
     heads = {}
     ann = data.annotations
-    groups = collections(ann.paths)
+    groups = image_folders(ann.paths)
     for h in spec.heads:
         dec = h.decode(outputs[h.name])
         if h.kind == REGRESSION:
@@ -110,7 +110,7 @@ def score(spec: ModelSpec, outputs: dict, mats: np.ndarray, data: Images) -> dic
     return heads
 
 
-def collections(paths: list[str]) -> dict[str, np.ndarray]:
+def image_folders(paths: list[str]) -> dict[str, np.ndarray]:
     """Face indices per image folder (MTFL's `lfw_5590`, `net_7876`, `AFLW`), or {} when all
     faces come from one. training.txt mixes two sources that differ from each other as the
     test set differs from both (LFW is 74% male press photographs, net_7876 47% web photos),
@@ -200,5 +200,5 @@ def write_json(report: EvalReport, path: Path) -> None:
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-__all__ = ["EvalReport", "evaluate", "keras_predictor", "canonical_crops", "collections", "confident_errors",
+__all__ = ["EvalReport", "evaluate", "keras_predictor", "canonical_crops", "image_folders", "confident_errors",
            "contradicted", "score", "nme_per_face", "write_json"]
