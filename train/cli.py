@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runtime.cli import CommandError
 from runtime.mirror import FLIP_AVERAGE_HELP
+from runtime.spec import CropPolicy
 
 
 def _data_dir(value: str | None) -> Path:
@@ -89,7 +90,8 @@ def register_train(sub) -> None:
     p.add_argument("--pose-balance", type=float, default=d.pose_balance,
                    help="draw faces with probability ~ pose frequency ** -X each epoch (0: each face once; 1: poses equal)")
     p.add_argument("--crop-scale", type=float, default=d.crop_scale,
-                   help="side of the face square in RMS radii of the five landmarks (default: the spec's 3.0; "
+                   help="side of the face square in RMS radii of the five landmarks (default: the spec's "
+                        f"{CropPolicy().scale}; "
                         "larger shows more hair and chin at a lower landmark resolution; runs 1-22 of the README used 3.6)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train on plain canonical crops")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) missing or undecodable images")
