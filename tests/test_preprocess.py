@@ -145,3 +145,32 @@ def test_augmented_targets_sit_on_the_features(real_faces, flip):
         if flip:
             # after a flip, the image-left eye is still the one with the smaller x
             assert target.reshape(5, 2)[0, 0] < target.reshape(5, 2)[1, 0]
+
+
+def test_random_erasing_covers_one_rectangle_and_keeps_the_targets(real_faces):
+    """--erase: one axis-aligned block of the crop becomes noise, 2-20% of its area; the rest
+    of the crop and the landmark targets are what they would be without it."""
+    from train.pipeline import Augment, erase, make_example, photometric
+
+    rng = np.random.default_rng(0)
+    flat = np.full((40, 40), 128.0, np.float32)
+    for _ in range(200):
+        out = erase(flat, rng)
+        changed = np.argwhere(out != flat)
+        (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
+        area = (y1 - y0 + 1) * (x1 - x0 + 1)
+        assert 0.015 * 1600 <= area <= 0.21 * 1600
+        assert len(changed) >= 0.9 * area  # one filled rectangle (noise may hit 128 by chance)
+    assert np.array_equal(flat, np.full((40, 40), 128.0))  # the input is not changed in place
+
+    spec = default_spec()
+    grey, pts = real_faces.images[0], real_faces.annotations.points[0]
+    attrs = np.array([0, 0, 0, 2], np.int32)
+    plain = Augment(flip=0, brightness=0, contrast=0, gamma=0, blur=0, noise=0)
+    erasing = Augment(**{**plain.__dict__, "erase": 1.0})
+    _, t0, _ = make_example(grey, pts, attrs, spec, plain, np.random.default_rng(5))
+    _, t1, _ = make_example(grey, pts, attrs, spec, erasing, np.random.default_rng(5))
+    assert np.array_equal(t0, t1)
+    patch, _ = pp.crop(grey, pp.face_square(grey, pts, spec.crop), 40)
+    differs = (photometric(patch, erasing, np.random.default_rng(1)) != patch).mean()
+    assert 0.015 < differs < 0.21

@@ -94,6 +94,8 @@ def register_train(sub) -> None:
                         f"{CropPolicy().scale}; "
                         "larger shows more hair and chin at a lower landmark resolution; runs 1-22 of the README used 3.6)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train on plain canonical crops")
+    p.add_argument("--erase", type=float, default=d.erase,
+                   help="probability of random erasing: a rectangle of 2-20%% of the crop replaced by noise (default 0)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) missing or undecodable images")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     p.add_argument("--strategy", default=d.strategy, choices=["default", "mirrored", "multiworker"],
@@ -115,7 +117,7 @@ def _run_train(args) -> int:
         weights=args.weights, trunk=args.trunk, width=args.width, depth=args.depth,
         first_block=args.first_block, stem=args.stem, features=args.features, head_hidden=args.head_hidden, ema=args.ema, dropout=args.dropout,
         activation=args.activation, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
-        augment=args.augment, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
+        augment=args.augment, erase=args.erase, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
         monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing,
         smooth_to=args.smooth_to,
         balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, crop_scale=args.crop_scale,

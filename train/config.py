@@ -34,6 +34,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     augment: bool = True
+    erase: float = 0.0                     # probability of random erasing per face (train.pipeline.Augment)
     skip_bad: bool = False
     resume: bool = False
     strategy: str = "default"

@@ -143,7 +143,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     strategy = make_strategy(cfg.strategy)
     batch = cfg.batch_size
     draw_weights = pose_sampling_weights(tr.annotations.labels["pose"], cfg.pose_balance) if cfg.pose_balance else None
-    train_ds = make_dataset(FaceSource(tr, spec, Augment() if cfg.augment else Augment.none(), cfg.seed),
+    train_ds = make_dataset(FaceSource(tr, spec, Augment(erase=cfg.erase) if cfg.augment else Augment.none(), cfg.seed),
                             batch, shuffle=True, seed=cfg.seed, weights=draw_weights)
     val_ds = make_dataset(FaceSource(va, spec, None), batch, shuffle=False, cache=True)
 

@@ -36,6 +36,10 @@ class Augment:
     gamma: float = 0.4       # log-uniform exponent in exp(+-gamma), with probability 0.3
     blur: float = 0.25       # probability of a Gaussian blur (sigma 0.4..1.2 crop pixels)
     noise: float = 0.25      # probability of Gaussian noise (sigma up to 6 levels)
+    # probability of random erasing (Zhong et al., 2017): a rectangle of 2-20% of the crop
+    # filled with noise, as a hand, hair or a shadow would cover part of a face in the wild;
+    # the landmark targets stay where the features are, hidden or not
+    erase: float = 0.0
 
     @classmethod
     def none(cls) -> "Augment":
@@ -66,7 +70,25 @@ def photometric(patch: np.ndarray, aug: Augment, rng: np.random.Generator) -> np
         x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(0.4, 1.2)))
     if aug.noise and rng.random() < aug.noise:
         x = np.clip(x + rng.normal(0.0, rng.uniform(1.0, 6.0), x.shape), 0.0, 255.0)
+    if aug.erase and rng.random() < aug.erase:
+        x = erase(x, rng)
     return x.astype(np.float32)
+
+
+def erase(patch: np.ndarray, rng: np.random.Generator, area: tuple[float, float] = (0.02, 0.2),
+          aspect: float = 3.3) -> np.ndarray:
+    """A copy of `patch` with one random rectangle (a share `area` of the crop, height/width
+    log-uniform in 1/aspect..aspect, inside the crop) replaced by uniform noise in 0..255."""
+    h, w = patch.shape[:2]
+    a = rng.uniform(*area) * h * w
+    r = float(np.exp(rng.uniform(-np.log(aspect), np.log(aspect))))
+    eh = int(np.clip(round(np.sqrt(a * r)), 1, h))
+    ew = int(np.clip(round(np.sqrt(a / r)), 1, w))
+    y0 = int(rng.integers(0, h - eh + 1))
+    x0 = int(rng.integers(0, w - ew + 1))
+    out = np.array(patch, np.float32, copy=True)
+    out[y0:y0 + eh, x0:x0 + ew] = rng.uniform(0.0, 255.0, (eh, ew))
+    return out
 
 
 def make_example(grey: np.ndarray, points: np.ndarray, attrs: np.ndarray, spec: ModelSpec,
