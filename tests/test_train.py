@@ -82,6 +82,20 @@ def test_crop_scale_option_reaches_the_spec_the_model_carries():
     assert FaceMTL.from_config(model.get_config()).model_spec.crop.scale == 4.5
 
 
+def test_input_size_option_reaches_the_spec_and_the_model_input():
+    from train.config import TrainConfig
+    from train.fit import run_spec
+
+    assert run_spec(TrainConfig(data=Path("."), out=Path("."))).input.size == 40
+    spec = run_spec(TrainConfig(data=Path("."), out=Path("."), input_size=64))
+    assert spec.input.size == 64
+    model = build_model(spec, width=8)
+    assert tuple(model.input_shape[1:]) == (64, 64, 1)
+    out = model.predict(np.zeros((2, 64, 64, 1), np.float32), verbose=0)
+    assert out["landmarks"].shape == (2, 10)
+    assert FaceMTL.from_config(model.get_config()).model_spec.input.size == 64
+
+
 def test_pose_sampling_weights_pool_mirrors_and_equalise_at_one():
     from train.pipeline import pose_sampling_weights
 

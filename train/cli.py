@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runtime.cli import CommandError
 from runtime.mirror import FLIP_AVERAGE_HELP
-from runtime.spec import CropPolicy
+from runtime.spec import CropPolicy, InputSpec
 
 
 def _data_dir(value: str | None) -> Path:
@@ -93,6 +93,9 @@ def register_train(sub) -> None:
                    help="side of the face square in RMS radii of the five landmarks (default: the spec's "
                         f"{CropPolicy().scale}; "
                         "larger shows more hair and chin at a lower landmark resolution; runs 1-22 of the README used 3.6)")
+    p.add_argument("--input-size", type=int, default=d.input_size,
+                   help=f"side of the model input in pixels (default: the spec's {InputSpec().size}; the issue's "
+                        "contract is 40x40, a larger input costs latency roughly with its pixel count)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train on plain canonical crops")
     p.add_argument("--erase", type=float, default=d.erase,
                    help="probability of random erasing: a rectangle of 2-20%% of the crop replaced by noise (default 0)")
@@ -120,7 +123,7 @@ def _run_train(args) -> int:
         augment=args.augment, erase=args.erase, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
         monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing,
         smooth_to=args.smooth_to,
-        balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, crop_scale=args.crop_scale,
+        balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, crop_scale=args.crop_scale, input_size=args.input_size,
         limit=args.limit,
     )
     try:

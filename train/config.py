@@ -52,5 +52,9 @@ class TrainConfig:
     pose_balance: float = 0.0
     crop: str = "landmarks"                # or "image": the blog's whole-image recipe, for comparison
     crop_scale: float = 0.0                # side of the face square in RMS landmark radii (0: the spec's, 3.0)
+    # side of the square model input in pixels (0: the spec's 40). The runtime, the converter
+    # and evaluation all read it from the spec, so a larger input needs nothing else; it costs
+    # latency roughly with the pixel count (README, run 37)
+    input_size: int = 0
     limit: int = 0                         # use only the first N training faces (smoke runs)
     verbose: int = 1

@@ -68,6 +68,8 @@ def run_spec(cfg: TrainConfig) -> ModelSpec:
         spec = spec.replace(crop=dataclasses.replace(spec.crop, mode=cfg.crop))
     if cfg.crop_scale:
         spec = spec.replace(crop=dataclasses.replace(spec.crop, scale=cfg.crop_scale))
+    if cfg.input_size:
+        spec = spec.replace(input=dataclasses.replace(spec.input, size=cfg.input_size))
     return spec.replace(trunk=cfg.trunk)
 
 
