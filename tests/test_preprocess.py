@@ -150,6 +150,8 @@ def test_augmented_targets_sit_on_the_features(real_faces, flip):
 def test_random_erasing_covers_one_rectangle_and_keeps_the_targets(real_faces):
     """--erase: one axis-aligned block of the crop becomes noise, 2-20% of its area; the rest
     of the crop and the landmark targets are what they would be without it."""
+    import dataclasses
+
     from train.pipeline import Augment, erase, make_example, photometric
 
     rng = np.random.default_rng(0)
@@ -167,7 +169,7 @@ def test_random_erasing_covers_one_rectangle_and_keeps_the_targets(real_faces):
     grey, pts = real_faces.images[0], real_faces.annotations.points[0]
     attrs = np.array([0, 0, 0, 2], np.int32)
     plain = Augment(flip=0, brightness=0, contrast=0, gamma=0, blur=0, noise=0)
-    erasing = Augment(**{**plain.__dict__, "erase": 1.0})
+    erasing = dataclasses.replace(plain, erase=1.0)
     _, t0, _ = make_example(grey, pts, attrs, spec, plain, np.random.default_rng(5))
     _, t1, _ = make_example(grey, pts, attrs, spec, erasing, np.random.default_rng(5))
     assert np.array_equal(t0, t1)

@@ -4,8 +4,8 @@ Every crop, training or not, is cut by `runtime.preprocess.crop` and normalised 
 `runtime.preprocess.normalize` inside a `tf.numpy_function`, so the pipeline cannot drift
 from what the runtime does on a camera. Augmentation happens around those calls: the
 square is jittered before the crop (rotation, scale, shift: the errors of a detector), the
-pixels after it (brightness, contrast, gamma, blur, noise), then a flip of the crop that
-swaps left/right landmarks and mirrors the pose.
+pixels after it (brightness, contrast, gamma, blur, noise, and random erasing where asked),
+then a flip of the crop that swaps left/right landmarks and mirrors the pose.
 """
 
 from __future__ import annotations
