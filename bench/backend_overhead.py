@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
@@ -25,8 +24,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=4000, help="timed calls per file and way (default 4000)")
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
-    from convert.bench import time_interleaved
-    from runtime.backends import load_backend
+    from facemtl.convert.bench import time_interleaved
+    from facemtl.runtime.backends import load_backend
 
     x = np.random.default_rng(0).normal(size=(1, 40, 40, 1)).astype(np.float32)
     calls = {}

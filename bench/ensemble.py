@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -38,10 +37,10 @@ def main() -> int:
     ap.add_argument("models", nargs="+", type=Path, help="model.keras files (spec.json beside each) of one crop policy")
     ap.add_argument("--data", default=os.environ.get("FACEMTL_DATA", "../shared/data/mtfl"))
     args = ap.parse_args()
-    from runtime.spec import ModelSpec
-    from train.evaluate import canonical_crops, keras_predictor, score, split_annotations
-    from train.model import load_model
-    from train.mtfl import load_images
+    from facemtl.runtime.spec import ModelSpec
+    from facemtl.train.evaluate import canonical_crops, keras_predictor, score, split_annotations
+    from facemtl.train.model import load_model
+    from facemtl.train.mtfl import load_images
 
     specs = [ModelSpec.load(m.with_name("spec.json")) for m in args.models]
     framing = {(s.crop.mode, s.crop.scale, s.crop.shift_y) for s in specs}  # calibrations may differ

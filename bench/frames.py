@@ -37,12 +37,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+from facemtl.runtime.calibration import read_landmark_file, spread_subset
+from facemtl.runtime.preprocess import canonical_square
+from facemtl.runtime.spec import CropPolicy
 
-from runtime.calibration import read_landmark_file, spread_subset  # noqa: E402
-from runtime.preprocess import canonical_square  # noqa: E402
-from runtime.spec import CropPolicy  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 # The frames' geometry and the found criterion are measured in this square, not in the model's:
 # a model with a tighter or looser crop policy is then scored on the same frames by the same rule.
@@ -235,7 +234,7 @@ def run_predict(frames_dir: Path, model: str | None, detector: str, out: Path, l
         files = [str(p) for p, _ in load_frames(frames_dir, limit)]
     else:
         files = [str(frames_dir)]
-    cmd = [sys.executable, "-m", "runtime.cli", "predict", "--detector", detector, "--out", str(out)]
+    cmd = [sys.executable, "-m", "facemtl", "predict", "--detector", detector, "--out", str(out)]
     if model:
         cmd += ["--model", model]
     if workers:
@@ -261,7 +260,7 @@ def run_predict(frames_dir: Path, model: str | None, detector: str, out: Path, l
 def startup_seconds() -> float:
     """Wall time of `facemtl predict --help`: interpreter start and command registration."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "runtime.cli", "predict", "--help"], capture_output=True, cwd=HERE.parent)
+    subprocess.run([sys.executable, "-m", "facemtl", "predict", "--help"], capture_output=True, cwd=HERE.parent)
     return round(time.perf_counter() - t0, 1)
 
 
@@ -272,8 +271,8 @@ def measure_in_process(frames_dir: Path, model: str | None, detector: str, limit
     square with IoU >= 0.5 ("found", the primary criterion), and the box-centre criterion of
     `score_predictions` (which a detector whose boxes sit off the face centre, like the
     profile cascade, can fail although its crop is right)."""
-    from runtime.analyzer import FaceAnalyzer
-    from runtime.detectors import box_overlap, crop_square
+    from facemtl.runtime.analyzer import FaceAnalyzer
+    from facemtl.runtime.detectors import box_overlap, crop_square
 
     frames = load_frames(frames_dir, limit)
     found = by_box = 0
@@ -285,8 +284,8 @@ def measure_in_process(frames_dir: Path, model: str | None, detector: str, limit
             t0 = time.perf_counter()
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-            dets = fa.detect(image)
-            faces, _ = fa.analyze_detections(grey, dets)
+            dets = fa._detect(image)
+            faces, _ = fa._analyze_detections(grey, dets)
             t += time.perf_counter() - t0
             gt = canonical_square(truth, policy)
             if dets:
@@ -304,12 +303,40 @@ def measure_in_process(frames_dir: Path, model: str | None, detector: str, limit
             "ms_per_frame": round(1000 * t / n, 1)}
 
 
+def measure_yunet_points(frames_dir: Path, yunet: str, limit: int | None) -> dict:
+    """YuNet's own five points as the landmarks (no facemtl model): the detector users would
+    otherwise take its landmarks from, scored by `score_predictions`'s rules on the same frames."""
+    from facemtl.runtime.detectors import YuNetDetector
+
+    frames = load_frames(frames_dir, limit)
+    detector = YuNetDetector(yunet)
+    found = 0
+    nmes = []
+    t = 0.0
+    for path, truth in frames:
+        t0 = time.perf_counter()
+        dets = detector.detect(cv2.imread(str(path), cv2.IMREAD_COLOR))
+        t += time.perf_counter() - t0
+        faces = [{"box": d.box, "landmarks": d.landmarks} for d in dets if d.landmarks is not None]
+        f = found_face(faces, truth, FRAME_SQUARE)
+        if f is not None:
+            found += 1
+            nmes.append(_nme(np.asarray(f["landmarks"]), truth))
+    nmes = np.array(nmes)
+    n = len(frames)
+    return {"frames": n, "found": found, "found_rate": round(100.0 * found / max(n, 1), 2),
+            "nme_found": round(float(nmes.mean()), 3) if len(nmes) else None,
+            "nme_found_median": round(float(np.median(nmes)), 3) if len(nmes) else None,
+            "failure_rate_found": round(float(100.0 * (nmes > 10).mean()), 2) if len(nmes) else None,
+            "ms_per_frame": round(1000 * t / max(n, 1), 1)}
+
+
 def detector_probe(frames_dir: Path, yunet: str | None, n: int) -> dict:
     """Detection ms per frame, interleaved frame by frame (so load changes hit all alike):
     the default Haar, Haar's frontal cascade alone at full size, and YuNet. The issue's
     reference machine measured 26 ms (frontal, full size) and 10 ms (YuNet): the ratio to
     these says how much slower this machine is."""
-    from runtime.detectors import HaarDetector, YuNetDetector
+    from facemtl.runtime.detectors import HaarDetector, YuNetDetector
 
     dets = {"haar_default": HaarDetector(),
             # the issue's reference: OpenCV's frontal cascade alone, full size, its default minNeighbors 3
@@ -335,6 +362,10 @@ def run_measure(args) -> None:
         yunet = next((d.split(":", 1)[1] for d in args.detectors.split(",") if d.startswith("yunet:")), None)
         report["probe_ms"] = detector_probe(frames_dir, yunet, args.probe)
         print("probe", json.dumps(report["probe_ms"]), flush=True)
+    if args.yunet_points:
+        r = measure_yunet_points(frames_dir, args.yunet_points, args.limit)
+        print("yunet-points", json.dumps(r), flush=True)
+        report["results"]["yunet_points"] = r
     if args.in_process:
         for det in args.detectors.split(","):
             r = measure_in_process(frames_dir, args.model, det, args.limit, args.flip_average)
@@ -359,7 +390,7 @@ def run_measure(args) -> None:
 # --- tuning detector settings (training frames only) -----------------------------------------
 # Haar settings compared by `tune`: HaarDetector keyword arguments on top of `_V1`, the first
 # defaults (frontal at 320 px, pyramid step 1.1), so that each name keeps its meaning when the
-# detector's defaults change. The last entries are the presets of runtime.detectors.HAAR_PRESETS
+# detector's defaults change. The last entries are the presets of facemtl.runtime.detectors.HAAR_PRESETS
 # as they are now ("image", "all", "video").
 _V1 = {"max_side": 320, "scale_factor": 1.1}
 _NOW = {"max_side": 288, "scale_factor": 1.15}
@@ -404,7 +435,7 @@ def run_tune(args) -> None:
     detector (this process, one OpenCV thread; a loaded machine inflates wall time, not CPU
     time) and wall ms. "test pose mix": found rates per MTFL pose weighted to testing.txt's
     published pose balance (README: 193/450/1825/401/126)."""
-    from runtime.detectors import HaarDetector, base_square
+    from facemtl.runtime.detectors import HaarDetector, base_square
 
     data = Path(args.data)
     pose = {}
@@ -487,6 +518,8 @@ def main() -> None:
     s.add_argument("--probe", type=int, default=0, metavar="N",
                    help="also time the detectors interleaved on N frames (machine speed against the issue's)")
     s.add_argument("--flip-average", action="store_true", help="facemtl predict --flip-average")
+    s.add_argument("--yunet-points", default=None, metavar="PATH",
+                   help="also score YuNet's own five points (this YuNet .onnx file), no facemtl model")
     s.add_argument("--json", default=None)
     t = sub.add_parser("tune", help="Haar settings: found rate vs time (training frames only)")
     t.add_argument("--frames", required=True, nargs="+", help="training frame folders")

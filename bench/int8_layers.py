@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -35,8 +34,8 @@ def _debugger(ctx, crops: np.ndarray, denylist: list[str] | None = None):
     """TensorFlow's QuantizationDebugger on `facemtl convert`'s own tflite-int8-float converter."""
     import tensorflow as tf
 
-    from convert.export import tflite_converter
-    from runtime.formats import get_format
+    from facemtl.convert.export import tflite_converter
+    from facemtl.runtime.formats import get_format
 
     opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist) if denylist else None
     return tf.lite.experimental.QuantizationDebugger(
@@ -58,7 +57,7 @@ def _run(data: bytes, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, s
 
 
 def _scores(spec, outputs: dict, held) -> dict[str, float]:
-    from convert.check import head_metric
+    from facemtl.convert.check import head_metric
 
     return {h.name: round(float(head_metric(h, outputs[h.name], held.landmarks, held.labels)), 3) for h in spec.heads}
 
@@ -72,11 +71,11 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from convert.bench import tflite_invoke_ms
-    from convert.data import calibration, held_out
-    from convert.export import ExportContext
-    from runtime.spec import ModelSpec
-    from train.model import load_model
+    from facemtl.convert.bench import tflite_invoke_ms
+    from facemtl.convert.data import calibration, held_out
+    from facemtl.convert.export import ExportContext
+    from facemtl.runtime.spec import ModelSpec
+    from facemtl.train.model import load_model
 
     spec = ModelSpec.load(args.model.with_name("spec.json"))
     model = load_model(args.model)

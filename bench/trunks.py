@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CANDIDATES = [  # (trunk, width, depth: separable blocks, first block's width in widths, stem filters, feature units)
     ("tcdcn", 0, 0, 0, 0, 256),
@@ -53,12 +52,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from train.quiet import import_tensorflow
+    from facemtl.train.quiet import import_tensorflow
 
     import_tensorflow()
-    from convert.bench import tflite_invoke_ms
-    from runtime.spec import default_spec
-    from train.model import build_model
+    from facemtl.convert.bench import tflite_invoke_ms
+    from facemtl.runtime.spec import default_spec
+    from facemtl.train.model import build_model
 
     rows, contents = [], []
     for trunk, width, depth, first, stem, features in CANDIDATES:

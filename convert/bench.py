@@ -1,6 +1,6 @@
 """`facemtl bench`: size, per-face latency and per-head metrics of converted files.
 
-Latency is one face at a time (batch 1) through `runtime.backends` (the real interpreter,
+Latency is one face at a time (batch 1) through `facemtl.runtime.backends` (the real interpreter,
 `threads` threads, input quantisation and output dequantisation included: what an
 application pays per face), median and 95th percentile over `runs` calls after `warmup`.
 Several files are timed interleaved: `rounds` rounds, each giving every file its share of
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.check import head_metric
-from runtime.artifact import ModelFileError
-from runtime.formats import FORMAT_NAMES, SUFFIXES
+from facemtl.convert.check import head_metric
+from facemtl.runtime.artifact import ModelFileError
+from facemtl.runtime.formats import FORMAT_NAMES, SUFFIXES
 
 REJECTED_DIR = "rejected"  # where `facemtl convert` keeps files that failed their check
 ROUNDS = 50  # rounds of interleaved timing in `facemtl bench`: short rounds, so a fast or slow phase
@@ -113,7 +113,7 @@ def bench_files(files: list[Path], crops=None, runs: int = 200, warmup: int = 20
     The files that load are timed together, interleaved (`interleaved_latency_ms`)."""
     from contextlib import ExitStack
 
-    from runtime.backends import load_backend
+    from facemtl.runtime.backends import load_backend
 
     rows, timed = [], []  # timed: (row, backend, inputs)
     rng = np.random.default_rng(0)

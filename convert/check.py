@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from runtime.spec import REGRESSION, HeadSpec, ModelSpec
+from facemtl.runtime.spec import REGRESSION, HeadSpec, ModelSpec
 
 PASSED = "passed"
 CHECK_FAILED = "check failed"
@@ -57,7 +57,7 @@ class HeadCheck:
 
 def head_metric(head: HeadSpec, raw: np.ndarray, landmarks: np.ndarray, labels: Mapping[str, np.ndarray]) -> float | None:
     """NME in percent (regression) or accuracy in percent (classes) of raw outputs; None without truth."""
-    from train.metrics import nme_per_face
+    from facemtl.train.metrics import nme_per_face
 
     if head.kind == REGRESSION:
         return float(nme_per_face(raw, landmarks).mean())

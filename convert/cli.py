@@ -8,12 +8,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from runtime.cli import CommandError
-from runtime.formats import FORMAT_NAMES
+from facemtl.runtime.cli import CommandError
+from facemtl.runtime.formats import FORMAT_NAMES
 
 
 def _data_dir(arg: Path | None) -> Path | None:
-    from train.mtfl import default_data_dir
+    from facemtl.train.mtfl import default_data_dir
 
     return arg if arg is not None else default_data_dir()
 
@@ -76,10 +76,10 @@ def run_convert(args) -> int:
                            "(the checks need held-out faces)")
     if args.limit < 0 or args.latency_runs < 0:
         raise CommandError("--limit and --latency-runs must be >= 0")
-    from train.quiet import import_tensorflow
+    from facemtl.train.quiet import import_tensorflow
 
     import_tensorflow()  # without its start-up chatter on stderr
-    from convert.run import ConvertError, ConvertOptions, convert_model, parse_head_values
+    from facemtl.convert.run import ConvertError, ConvertOptions, convert_model, parse_head_values
 
     try:
         agreements = parse_head_values(args.min_agreement, "--min-agreement")
@@ -118,9 +118,9 @@ def register_bench(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the rows here (default: bench.json in the "
                    "folder benchmarked, else the current folder)")
-    p.add_argument("--live", action="store_true", help="benchmark the live video pipeline instead (runtime.live_bench)")
+    p.add_argument("--live", action="store_true", help="benchmark the live video pipeline instead (facemtl.runtime.live_bench)")
     try:  # the live benchmark may add its own options
-        from runtime import live_bench
+        from facemtl.runtime import live_bench
 
         if hasattr(live_bench, "add_arguments"):
             live_bench.add_arguments(p)
@@ -132,19 +132,19 @@ def register_bench(sub) -> None:
 def run_bench(args) -> int:
     if args.live:
         try:
-            from runtime import live_bench
+            from facemtl.runtime import live_bench
         except ImportError:
             live_bench = None
         if live_bench is None or not hasattr(live_bench, "main"):
-            raise CommandError("--live is not available yet (runtime.live_bench is missing)")
+            raise CommandError("--live is not available yet (facemtl.runtime.live_bench is missing)")
         return int(live_bench.main(args) or 0)
     if not args.paths:
         raise CommandError("give model files or a folder of them (the --out of `facemtl convert`)")
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.limit < 0:
         raise CommandError("--runs and --threads must be >= 1, --warmup and --limit >= 0")
-    from convert.bench import ROUNDS, bench_files, find_files
-    from convert.report import bench_table, write_json
-    from runtime.artifact import ModelFileError, check_path, read_spec
+    from facemtl.convert.bench import ROUNDS, bench_files, find_files
+    from facemtl.convert.report import bench_table, write_json
+    from facemtl.runtime.artifact import ModelFileError, check_path, read_spec
 
     files = find_files(args.paths)
     if not files:
@@ -159,8 +159,8 @@ def run_bench(args) -> int:
     crops, note = None, "no MTFL data found (--data): size and latency only"
     data = _data_dir(args.data)
     if data is not None:
-        from convert.data import held_out
-        from train.mtfl import DataError
+        from facemtl.convert.data import held_out
+        from facemtl.train.mtfl import DataError
 
         try:
             crops = held_out(data, spec, args.split, args.limit)

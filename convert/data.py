@@ -1,7 +1,7 @@
 """MTFL faces as model inputs for the conversion checks, the calibration and the benchmark.
 
-Crops are cut by the runtime's own code (`runtime.preprocess`), exactly as
-`train.pipeline.make_example(..., aug=None)` cuts them (a test holds the two equal), but
+Crops are cut by the runtime's own code (`facemtl.runtime.preprocess`), exactly as
+`facemtl.train.pipeline.make_example(..., aug=None)` cuts them (a test holds the two equal), but
 without TensorFlow, so `facemtl bench` runs where only the runtime is installed.
 
 Splits: "validation" is the deterministic held-out part of training.txt (the part training
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.preprocess import crop, face_square, normalize, to_crop
-from runtime.spec import ModelSpec
+from facemtl.runtime.preprocess import crop, face_square, normalize, to_crop
+from facemtl.runtime.spec import ModelSpec
 
 SPLITS = ("validation", "testing")
-VAL_FRACTION = 0.1  # train.fit.TrainConfig's default: the same faces training held out
+VAL_FRACTION = 0.1  # facemtl.train.fit.TrainConfig's default: the same faces training held out
 
 
 def run_val_fraction(model_path: str | Path) -> float:
@@ -64,7 +64,7 @@ def cut(images: list[np.ndarray], points: np.ndarray, spec: ModelSpec) -> tuple[
 
 
 def _crops(ann, spec: ModelSpec, source: str) -> Crops:
-    from train.mtfl import load_images
+    from facemtl.train.mtfl import load_images
 
     images = load_images(ann, skip_bad=True)
     x, y = cut(images.images, images.annotations.points, spec)
@@ -74,7 +74,7 @@ def _crops(ann, spec: ModelSpec, source: str) -> Crops:
 def held_out(data_dir: str | Path, spec: ModelSpec, split: str = "validation", limit: int = 0,
              val_fraction: float = VAL_FRACTION) -> Crops:
     """The faces a converted file is checked on: `validation` (default) or `testing`."""
-    from train.mtfl import DataError, load_split, split_train_val
+    from facemtl.train.mtfl import DataError, load_split, split_train_val
 
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use {' or '.join(SPLITS)}")
@@ -96,7 +96,7 @@ def held_out(data_dir: str | Path, spec: ModelSpec, split: str = "validation", l
 def calibration(data_dir: str | Path, spec: ModelSpec, count: int, seed: int = 0,
                 val_fraction: float = VAL_FRACTION) -> Crops:
     """`count` faces drawn (seeded) from the training part of training.txt, never the checked ones."""
-    from train.mtfl import DataError, load_split, split_train_val
+    from facemtl.train.mtfl import DataError, load_split, split_train_val
 
     train, _ = split_train_val(load_split(data_dir, "training"), val_fraction)
     if len(train) == 0:

@@ -1,4 +1,4 @@
-"""Exporters for every row of `runtime.formats.FORMATS`, and the metadata they embed.
+"""Exporters for every row of `facemtl.runtime.formats.FORMATS`, and the metadata they embed.
 
 One path for all TFLite variants: the Keras model is exported once to a SavedModel
 (`model.export(..., format="tf_saved_model")`, as Keras recommends; `from_keras_model`
@@ -6,7 +6,7 @@ breaks on some Keras 3 models) and each variant is converted from it with builti
 ONNX fp32 comes from `tf2onnx.convert.from_keras`; ONNX int8 is static QDQ quantization of
 that file by `onnxruntime.quantization`, after its Dense layers are folded into one Gemm each.
 The calibrated (int8-activation) formats start from a range-equalized copy of the model
-(`convert.equalize`). Every file gets the spec and its format name embedded (TFLite
+(`facemtl.convert.equalize`). Every file gets the spec and its format name embedded (TFLite
 metadata, ONNX metadata_props); nothing downstream binds by position.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.artifact import TFLiteFile
-from runtime.formats import FORMAT_KEY, SPEC_KEY, Format
-from runtime.spec import ModelSpec, QuantParams
+from facemtl.runtime.artifact import TFLiteFile
+from facemtl.runtime.formats import FORMAT_KEY, SPEC_KEY, Format
+from facemtl.runtime.spec import ModelSpec, QuantParams
 
 DEFAULT_OPSET = 13
 MIN_OPSET = 9  # older opsets lack ops the trunk needs (and QDQ int8 needs 13 for per-channel)
@@ -42,10 +42,10 @@ class ExportContext:
     The SavedModel and the fp32 ONNX file are made once and reused by the variants that
     start from them. `calibration` is (N, S, S, 1) normalised training crops. Formats
     calibrated on crops (int8 activations) start from a range-equalized copy of the model
-    (`convert.equalize`, exact in float) unless `equalize` is off.
+    (`facemtl.convert.equalize`, exact in float) unless `equalize` is off.
     """
 
-    model: object                       # train.model.FaceMTL
+    model: object                       # facemtl.train.model.FaceMTL
     spec: ModelSpec
     calibration: np.ndarray | None = None
     opset: int = DEFAULT_OPSET
@@ -112,7 +112,7 @@ class ExportContext:
             return self.model
 
         def make():
-            from convert.equalize import equalize
+            from facemtl.convert.equalize import equalize
 
             model, _ = equalize(self.model, self.need_calibration(fmt), per_channel_weights=variant == "equalized-pc")
             return model

@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from convert.check import PASSED, HeadCheck
-from runtime.io import atomic_write_text
+from facemtl.convert.check import PASSED, HeadCheck
+from facemtl.runtime.io import atomic_write_text
 
 
 @dataclass

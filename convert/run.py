@@ -9,21 +9,23 @@ format does not stop the others.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 
-from convert.bench import REJECTED_DIR, latency_ms
-from convert.check import CHECK_FAILED, EXPORT_FAILED, PASSED, check_outputs, keras_outputs
-from convert.report import FormatResult, convert_markdown, write_json
-from runtime.formats import FORMAT_NAMES, Format, get_format
-from runtime.io import atomic_write_text
-from runtime.spec import ModelSpec
+from facemtl.convert.bench import REJECTED_DIR, latency_ms
+from facemtl.convert.check import CHECK_FAILED, EXPORT_FAILED, PASSED, check_outputs, keras_outputs
+from facemtl.convert.report import FormatResult, convert_markdown, write_json
+from facemtl.runtime.formats import FORMAT_NAMES, Format, get_format
+from facemtl.runtime.io import atomic_write_text
+from facemtl.runtime.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
 MIN_CALIBRATION = 200
@@ -54,7 +56,7 @@ class ConvertOptions:
 def model_spec(model, model_path: Path) -> tuple[ModelSpec, str]:
     """The spec beside the model (authoritative: it may hold detector calibrations), else the
     model's own; it must describe the model's outputs."""
-    from runtime.spec import SpecError
+    from facemtl.runtime.spec import SpecError
 
     sibling = model_path.with_name("spec.json")
     if sibling.is_file():
@@ -81,14 +83,14 @@ def _stage(out_dir: Path, fmt: Format) -> Path:
 def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | Path,
                   options: ConvertOptions | None = None, log=None) -> dict:
     """Convert, check and report; returns the report (also written as report.json/.md)."""
-    from convert import data
-    from convert.export import ExportContext
-    from train.model import ModelFileError as KerasFileError
-    from train.model import load_model
-    from train.mtfl import DataError
+    from facemtl.convert import data
+    from facemtl.convert.export import ExportContext
+    from facemtl.train.model import ModelFileError as KerasFileError
+    from facemtl.train.model import load_model
+    from facemtl.train.mtfl import DataError
 
     opts = options or ConvertOptions()
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or logger.info
     started = time.perf_counter()
     model_path, out_dir = Path(model_path), Path(out_dir)
     formats = [get_format(n) for n in opts.formats]
@@ -160,8 +162,8 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
 
 
 def _one_format(fmt: Format, ctx, out_dir: Path, held, reference, opts: ConvertOptions, log) -> FormatResult:
-    from convert.export import ExportError, export
-    from runtime.backends import load_backend
+    from facemtl.convert.export import ExportError, export
+    from facemtl.runtime.backends import load_backend
 
     final = out_dir / fmt.file_name()
     rejected = out_dir / REJECTED_DIR / fmt.file_name()

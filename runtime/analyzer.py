@@ -1,25 +1,28 @@
 """`FaceAnalyzer`: frame in, faces with landmarks and attributes out. MediaPipe Tasks style.
 
-    from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
+    from facemtl import FaceAnalyzer, FaceAnalyzerOptions
 
     with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(detector="haar")) as analyzer:
         result = analyzer.analyze(cv2.imread("group.jpg"))
     for face in result.faces:
-        face.landmarks                     # (5, 2) pixels of the image, MTFL order
-        face.attributes["smile"].label     # "smiling"
+        face.landmarks                              # (5, 2) pixels of the image, MTFL order
+        face.attributes["smile"].top.category_name  # "smiling"
 
 Each frame: detect faces, map each box to the square the model was trained on (the
-detector's calibration in the spec), cut every face with `runtime.preprocess.prepare`, run
-all of them through the model in one batch, decode every head, and map the landmarks back
-to image pixels. numpy, OpenCV and one interpreter; never TensorFlow.
+detector's calibration in the spec), then the inference core (`facemtl.runtime.core`) cuts,
+runs and decodes all of them in one batch and maps the landmarks back to image pixels.
+VIDEO mode follows faces between detections (`facemtl.runtime.live.tracking`) through the
+same core. numpy, OpenCV and one interpreter; never TensorFlow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import importlib.util
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +30,12 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.detectors import Detection, Detector, DetectorError, create_detector, crop_square
-from runtime.mirror import flip_averaged
-from runtime.preprocess import ImageError, Square, prepare, to_grey, to_image
-from runtime.results import Category, Face, FrameResult
-from runtime.spec import REGRESSION, ModelSpec, SpecError
+from facemtl.runtime.core import InferenceCore
+from facemtl.runtime.detectors import Detection, Detector, DetectorError, create_detector, crop_square
+from facemtl.runtime.errors import ConcurrentUseError
+from facemtl.runtime.preprocess import ImageError, to_grey
+from facemtl.runtime.results import Classification, Face, FrameResult
+from facemtl.runtime.spec import ModelSpec, SpecError
 
 # The packaged default model: the int8 TFLite file, else the float ONNX file.
 PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
@@ -51,17 +55,21 @@ class RunningMode(str, enum.Enum):
     VIDEO = "video"
 
 
-@dataclass
+@dataclass(frozen=True)
 class FaceAnalyzerOptions:
-    """How to build a FaceAnalyzer; every field has a working default.
+    """How to build a FaceAnalyzer; every field has a working default. Checked when made;
+    never changed by the analyzer.
 
     model_path: a .tflite or .onnx file written by `facemtl convert`, or a folder holding
-        one; None uses the model packaged with facemtl.
+        one; None (and no `model_buffer`) uses the model packaged with facemtl.
+    model_buffer: the bytes of such a file, instead of a path.
     detector: "haar", "haar:all", "haar:video", "yunet:PATH", "none" (the image is one face), or a
         Detector. Plain "haar" is Haar's setting for the running mode: in IMAGE mode the
         frontal cascade plus, where it finds no face, the profile and turned cascades; in
         VIDEO mode "haar:video", the upright frontal cascade alone (tracking follows faces
-        between detections; see runtime.detectors.HAAR_PRESETS).
+        between detections; see facemtl.runtime.detectors.HAAR_PRESETS).
+    running_mode: IMAGE (`analyze`) or VIDEO (`analyze_for_video`); the string "image" or
+        "video" is taken too.
     detection_max_side: detect on a copy of the frame whose longer side is at most this many
         pixels; "auto" keeps the detector's default (Haar 288, haar:video 240, YuNet and none full size),
         None always detects at full size.
@@ -69,20 +77,38 @@ class FaceAnalyzerOptions:
     max_faces: analyse at most this many faces per frame, best scores first (None: all).
     num_threads: interpreter threads.
     tracking: VIDEO mode only: how faces are followed and smoothed between detections
-        (`runtime.live.tracking.TrackingOptions`); None uses its defaults.
+        (`facemtl.TrackingOptions`); None uses its defaults.
     flip_average: also run every face mirrored, in the same batch, and average the two
-        answers (`runtime.mirror`): twice the model time for a lower landmark error.
+        answers (`facemtl.runtime.mirror`): twice the model time for a lower landmark error.
+        In both running modes.
     """
 
     model_path: str | os.PathLike | None = None
+    model_buffer: bytes | None = None
     detector: str | Detector = "haar"
     running_mode: RunningMode = RunningMode.IMAGE
     detection_max_side: int | None | str = "auto"
     min_detection_score: float = 0.0
     max_faces: int | None = None
     num_threads: int = 1
-    tracking: "TrackingOptions | None" = None  # noqa: F821 (runtime.live.tracking, imported in VIDEO mode)
+    tracking: "TrackingOptions | None" = None  # noqa: F821 (facemtl.runtime.live.tracking, imported in VIDEO mode)
     flip_average: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            mode = self.running_mode.lower() if isinstance(self.running_mode, str) else self.running_mode
+            object.__setattr__(self, "running_mode", RunningMode(mode))
+        except ValueError:
+            raise ValueError(f"running_mode must be one of {[m.value for m in RunningMode]}, "
+                             f"got {self.running_mode!r}") from None
+        if self.model_path is not None and self.model_buffer is not None:
+            raise ValueError("give model_path or model_buffer, not both")
+        if self.max_faces is not None and self.max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1 or None, got {self.max_faces}")
+        if not 0.0 <= self.min_detection_score <= 1.0:
+            raise ValueError(f"min_detection_score must be in 0..1, got {self.min_detection_score}")
+        if self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
 
 
 def _interpreter_installed(suffix: str) -> bool:
@@ -135,164 +161,167 @@ def _spec_beside(path: Path, spec: ModelSpec) -> ModelSpec:
     return spec.replace(crop=dataclasses.replace(spec.crop, calibrations=cals))
 
 
-def load_model(model_path: str | os.PathLike | None = None, threads: int = 1):
-    """A Backend for a model file, a model folder, or the packaged default (None)."""
-    from runtime.backends import load_backend  # imported here: the interpreter loads with it
+def load_model(model_path: str | os.PathLike | None = None, threads: int = 1, buffer: bytes | None = None):
+    """A Backend for a model file, a model folder, the bytes of a model file, or the packaged
+    default (None)."""
+    from facemtl.runtime.backends import load_backend, load_backend_from_buffer  # the interpreter loads with it
 
-    path = Path(model_path) if model_path is not None else None
-    if path is None or path.is_dir():
-        path = default_model_path(path)
     try:
+        if buffer is not None:
+            return load_backend_from_buffer(buffer, threads=threads)
+        path = Path(model_path) if model_path is not None else None
+        if path is None or path.is_dir():
+            path = default_model_path(path)
         return load_backend(path, threads=threads)
     except ImportError as e:
-        raise SpecError(f"{path}: {e}") from None
+        raise SpecError(f"{model_path or 'model buffer'}: {e}") from None
 
 
 class FaceAnalyzer:
     """Finds faces and runs every head of the model on all of them in one batch.
 
-    Build with `create_from_options` / `create_from_model_path`; use as a context manager
-    or call `close()`.
+    Build with `create_from_options` or `create_from_model_path`; use as a context manager
+    or call `close()`. One analyzer serves one thread at a time: give each thread its own.
     """
 
     def __init__(self, backend, detector: Detector, options: FaceAnalyzerOptions | None = None,
                  spec: ModelSpec | None = None):
-        self.options = options or FaceAnalyzerOptions()
-        self.backend = backend
-        self.detector = detector
-        self.spec: ModelSpec = spec or backend.spec
-        self._landmark_head = next((h.name for h in self.spec.heads if h.kind == REGRESSION), None)
+        # internal: the factories build the backend and detector from the options
+        self._options = options or FaceAnalyzerOptions()
+        self._backend = backend
+        self._detector = detector
+        self._spec: ModelSpec = spec or backend.spec
+        self._core = InferenceCore(backend.run, self._spec, flip_average=self._options.flip_average)
         self._last_ts: float | None = None
-        self._tracker = None  # VIDEO mode: runtime.live.tracking.FaceTracker, made on the first frame
+        self._tracker = None  # VIDEO mode: facemtl.runtime.live.tracking.FaceTracker, made on the first frame
         self._closed = False
-        self._run = flip_averaged(backend.run, self.spec) if self.options.flip_average else backend.run
+        self._busy = threading.Lock()
         # fail now, not on the first face: the spec must frame this detector's boxes
         for name in _calibration_names(detector):
-            self.spec.crop.calibration(name)
+            self._spec.crop.calibration(name)
 
     # --- factories -------------------------------------------------------------------------
     @classmethod
     def create_from_options(cls, options: FaceAnalyzerOptions) -> "FaceAnalyzer":
-        if not isinstance(options.running_mode, RunningMode):
-            try:
-                options.running_mode = RunningMode(options.running_mode)
-            except ValueError:
-                raise ValueError(f"running_mode must be one of {[m.value for m in RunningMode]}, "
-                                 f"got {options.running_mode!r}") from None
-        if options.max_faces is not None and options.max_faces < 1:
-            raise ValueError(f"max_faces must be >= 1 or None, got {options.max_faces}")
-        if not 0.0 <= options.min_detection_score <= 1.0:
-            raise ValueError(f"min_detection_score must be in 0..1, got {options.min_detection_score}")
-        if options.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {options.num_threads}")
         detector = create_detector(_detector_for_mode(options.detector, options.running_mode),
                                    max_side=options.detection_max_side)
-        backend = load_model(options.model_path, threads=options.num_threads)
-        spec = _spec_beside(Path(backend.path), backend.spec)
+        backend = load_model(options.model_path, threads=options.num_threads, buffer=options.model_buffer)
         try:
+            spec = backend.spec if options.model_buffer is not None else _spec_beside(Path(backend.path), backend.spec)
             return cls(backend, detector, options, spec)
         except Exception:
             backend.close()
+            detector.close()
             raise
 
     @classmethod
     def create_from_model_path(cls, model_path: str | os.PathLike | None, **options) -> "FaceAnalyzer":
         return cls.create_from_options(FaceAnalyzerOptions(model_path=model_path, **options))
 
+    @classmethod
+    def create_from_buffer(cls, model_buffer: bytes, **options) -> "FaceAnalyzer":
+        return cls.create_from_options(FaceAnalyzerOptions(model_buffer=model_buffer, **options))
+
+    # --- what it is --------------------------------------------------------------------------
+    @property
+    def options(self) -> FaceAnalyzerOptions:
+        return self._options
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's contract: input, crop policy, heads and their labels, landmark names."""
+        return self._spec
+
+    @property
+    def landmark_names(self) -> tuple[str, ...]:
+        return tuple(self._spec.landmark_names)
+
     # --- running ---------------------------------------------------------------------------
     def analyze(self, image: np.ndarray) -> FrameResult:
         """Every face of one image (IMAGE mode). `image`: uint8 grey (H, W), BGR or BGRA."""
-        if self.options.running_mode != RunningMode.IMAGE:
+        if self._options.running_mode != RunningMode.IMAGE:
             raise ValueError("this analyzer was created with running_mode=VIDEO; call "
                              "analyze_for_video(frame, timestamp_ms), or create one with running_mode=IMAGE")
-        return self._analyze(image, None)
+        with self._one_caller():
+            return self._analyze(image)
 
-    def analyze_for_video(self, frame: np.ndarray, timestamp_ms: float) -> FrameResult:
-        """One frame of a stream (VIDEO mode); timestamps must increase."""
-        if self.options.running_mode != RunningMode.VIDEO:
-            raise ValueError("this analyzer was created with running_mode=IMAGE; call analyze(image), "
-                             "or create one with running_mode=VIDEO for analyze_for_video")
-        if self._last_ts is not None and timestamp_ms <= self._last_ts:
-            raise ValueError(f"timestamp_ms must increase from frame to frame: got {timestamp_ms} after {self._last_ts}")
-        self._last_ts = timestamp_ms
-        if self._closed:
-            raise ValueError("this FaceAnalyzer is closed")
-        if self._tracker is None:
-            from runtime.live.tracking import FaceTracker  # detection, tracking and smoothing
-
-            self._tracker = FaceTracker(self, self.options.tracking)
-        return self._tracker.process(frame, timestamp_ms)
-
-    def _analyze(self, image: np.ndarray, timestamp_ms: float | None) -> FrameResult:
-        if self._closed:
-            raise ValueError("this FaceAnalyzer is closed")
+    def _analyze(self, image: np.ndarray) -> FrameResult:
+        self._check_open()
         t0 = time.perf_counter()
         image, grey = _frames(image)
         t1 = time.perf_counter()
-        found = self.detect(image)
+        found = self._detect(image)
         t2 = time.perf_counter()
-        faces, stages = self.analyze_detections(grey, found)
+        faces, stages = self._analyze_detections(grey, found)
         t3 = time.perf_counter()
         stages = {"decode": 1000 * (t1 - t0), "detect": 1000 * (t2 - t1), **stages}
-        return FrameResult(faces, timestamp_ms, 1000 * (t3 - t0), stages)
+        return FrameResult(faces, None, 1000 * (t3 - t0), stages)
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
+    def analyze_for_video(self, frame: np.ndarray, timestamp_ms: float) -> FrameResult:
+        """One frame of a stream (VIDEO mode); timestamps must increase."""
+        if self._options.running_mode != RunningMode.VIDEO:
+            raise ValueError("this analyzer was created with running_mode=IMAGE; call analyze(image), "
+                             "or create one with running_mode=VIDEO for analyze_for_video")
+        with self._one_caller():
+            return self._analyze_for_video(frame, timestamp_ms)
+
+    def _analyze_for_video(self, frame: np.ndarray, timestamp_ms: float) -> FrameResult:
+        self._check_open()
+        if self._last_ts is not None and timestamp_ms <= self._last_ts:
+            raise ValueError(f"timestamp_ms must increase from frame to frame: got {timestamp_ms} after {self._last_ts}")
+        self._last_ts = timestamp_ms
+        if self._tracker is None:
+            from facemtl.runtime.live.tracking import FaceTracker  # detection, tracking and smoothing
+
+            self._tracker = FaceTracker(self._detect, self._core, self._spec, self._options.tracking,
+                                        max_faces=self._options.max_faces)
+        return self._tracker.process(frame, timestamp_ms)
+
+    # --- pieces ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _one_caller(self):
+        """Refuse a second thread while one is inside: the interpreter and OpenCV's cascades
+        keep per-call state, so two threads at once would silently mix their answers."""
+        if not self._busy.acquire(blocking=False):
+            raise ConcurrentUseError("this FaceAnalyzer is already analysing a frame in another thread; "
+                                     "give each thread its own analyzer (facemtl predict --workers does)")
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this FaceAnalyzer is closed")
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
         """The detector's faces, filtered by score and capped at `max_faces`, best first."""
-        found = [d for d in self.detector.detect(image) if d.score >= self.options.min_detection_score]
+        found = [d for d in self._detector.detect(image) if d.score >= self._options.min_detection_score]
         found.sort(key=lambda d: -d.score)
-        if self.options.max_faces is not None:
-            found = found[: self.options.max_faces]
+        if self._options.max_faces is not None:
+            found = found[: self._options.max_faces]
         return found
 
-    def analyze_detections(self, grey: np.ndarray, detections: Sequence[Detection]) -> tuple[list[Face], dict]:
-        """Faces for given detections of a grey frame (all in one batch), and stage times."""
-        squares = [crop_square(d, self.spec.crop) for d in detections]
-        faces, stages = self.analyze_squares(grey, squares)
-        for face, d in zip(faces, detections):
-            face.box = tuple(float(v) for v in d.box)
-            face.score = float(d.score)
-        return faces, stages
-
-    def analyze_squares(self, grey: np.ndarray, squares: Sequence[Square]) -> tuple[list[Face], dict]:
-        """Run the model on face squares of a grey frame (for trackers that frame faces from
-        the last frame's landmarks). Boxes are the squares, scores 1."""
-        if not squares:
-            return [], {"crop": 0.0, "infer": 0.0}
-        t0 = time.perf_counter()
-        batch, mats = prepare(grey, list(squares), self.spec.input)
-        t1 = time.perf_counter()
-        raw = self._run(batch)
-        t2 = time.perf_counter()
-        decoded = {}
-        for h in self.spec.heads:
-            if h.name not in raw:
-                raise SpecError(f"the model returned no output {h.name!r} (it returned {sorted(raw)})")
-            decoded[h.name] = h.decode(raw[h.name])
-        faces = []
-        for i, sq in enumerate(squares):
-            if self._landmark_head is not None:
-                landmarks = to_image(decoded[self._landmark_head]["points"][i], mats[i])
-            else:
-                landmarks = np.zeros((0, 2))
-            attrs = {}
-            for h in self.spec.heads:
-                if h.kind == REGRESSION:
-                    continue
-                p = decoded[h.name]["probabilities"][i]
-                k = int(decoded[h.name]["class_ids"][i])
-                attrs[h.name] = Category(k, h.labels[k], float(p[k]))
-            faces.append(Face(box=sq.box(), score=1.0, landmarks=landmarks, attributes=attrs))
-        return faces, {"crop": 1000 * (t1 - t0), "infer": 1000 * (t2 - t1)}
+    def _analyze_detections(self, frame: np.ndarray, detections: Sequence[Detection]) -> tuple[list[Face], dict]:
+        """Faces for given detections of a frame (all in one batch), and stage times."""
+        squares = [crop_square(d, self._spec.crop) for d in detections]
+        out = self._core(frame, squares)
+        names = self.landmark_names
+        faces = [Face(box=tuple(float(v) for v in d.box), score=float(d.score), square=sq, landmarks=out.points[i],
+                      landmark_names=names,
+                      attributes={h: Classification.of(self._spec.head(h), p[i]) for h, p in out.probabilities.items()})
+                 for i, (d, sq) in enumerate(zip(detections, squares))]
+        return faces, {"crop": out.crop_ms, "infer": out.infer_ms}
 
     # --- lifetime --------------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        close = getattr(self.backend, "close", None)
+        close = getattr(self._backend, "close", None)
         if close:
             close()
-        self.detector.close()
+        self._detector.close()
 
     def __enter__(self) -> "FaceAnalyzer":
         return self
@@ -301,8 +330,8 @@ class FaceAnalyzer:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"FaceAnalyzer(model={str(getattr(self.backend, 'path', '?'))!r}, detector={self.detector!r}, "
-                f"running_mode={self.options.running_mode.value})")
+        return (f"FaceAnalyzer(model={str(getattr(self._backend, 'path', '?'))!r}, detector={self._detector!r}, "
+                f"running_mode={self._options.running_mode.value})")
 
 
 def _detector_for_mode(detector, mode: RunningMode):
@@ -314,7 +343,7 @@ def _detector_for_mode(detector, mode: RunningMode):
 
 
 def _calibration_names(detector: Detector) -> tuple[str, ...]:
-    from runtime.detectors import HAAR_PROFILE, HaarDetector, YuNetDetector
+    from facemtl.runtime.detectors import HAAR_PROFILE, HaarDetector, YuNetDetector
 
     if isinstance(detector, HaarDetector):
         return (detector.name, HAAR_PROFILE) if detector.profile else (detector.name,)

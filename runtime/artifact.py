@@ -16,17 +16,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.formats import FORMAT_KEY, FORMAT_NAMES, ONNX, SPEC_KEY, SUFFIXES, TFLITE, backend_for
-from runtime.spec import ModelSpec, SpecError
+from facemtl.runtime.formats import FORMAT_KEY, FORMAT_NAMES, ONNX, SPEC_KEY, SUFFIXES, TFLITE, backend_for
+from facemtl.runtime.spec import ModelSpec, SpecError
+from facemtl.runtime.errors import ModelFileError  # noqa: F401 (re-exported)
 
 TFLITE_IDENTIFIER = b"TFL3"
 
 # TFLite TensorType values (schema.fbs) that this project meets.
 TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8"}
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used: missing, corrupt, of the wrong kind, or without a spec."""
 
 
 def check_path(path: str | Path) -> Path:
@@ -262,8 +259,9 @@ def read_spec(path: str | Path) -> ModelSpec:
     return spec_from_metadata(path, read_metadata(path))
 
 
-def onnx_session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session for `path`; a file ORT cannot load is a ModelFileError."""
+def onnx_session(path: str | Path, threads: int = 1, data: bytes | None = None):
+    """An onnxruntime CPU session for `path` (or for `data`, the file's bytes, where given);
+    a file ORT cannot load is a ModelFileError."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -274,7 +272,8 @@ def onnx_session(path: str | Path, threads: int = 1):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path) if data is None else data, sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own types (InvalidProtobuf, Fail, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"{path}: not a loadable ONNX model ({msg})") from None

@@ -4,7 +4,7 @@
     raw = backend.run(batch)          # (N, 40, 40, 1) float32 -> {"landmarks": (N, 10), ...}
     backend.spec.head("pose").decode(raw["pose"])
 
-The interpreter is chosen by the file's suffix (`runtime.formats`): .tflite runs in LiteRT
+The interpreter is chosen by the file's suffix (`facemtl.runtime.formats`): .tflite runs in LiteRT
 (`ai_edge_litert`), else `tflite_runtime`, else TensorFlow's `tf.lite` as a last resort on a
 machine that has nothing else; .onnx runs in onnxruntime. Outputs are bound by name (TFLite
 signature output name, ONNX graph output name) to the heads of the file's embedded spec,
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.artifact import (
+from facemtl.runtime.artifact import (
+    TFLITE_IDENTIFIER,
     ModelFileError,
     TFLiteFile,
     check_path,
@@ -27,13 +28,13 @@ from runtime.artifact import (
     read_spec,
     spec_from_metadata,
 )
-from runtime.formats import ONNX, TFLITE, backend_for
-from runtime.spec import ModelSpec, QuantParams
+from facemtl.runtime.formats import ONNX, TFLITE, backend_for
+from facemtl.runtime.spec import ModelSpec, QuantParams
 
 # Faces per interpreter call; a frame rarely has more, and it bounds the memory of big batches.
 MAX_BATCH = 64
 
-__all__ = ["Backend", "TFLiteBackend", "ONNXBackend", "ModelFileError", "load_backend", "read_spec", "tflite_interpreter_class"]
+__all__ = ["Backend", "TFLiteBackend", "ONNXBackend", "ModelFileError", "load_backend", "load_backend_from_buffer", "read_spec", "tflite_interpreter_class"]
 
 
 class Backend:
@@ -142,8 +143,8 @@ def _signature_details(interpreter, key: str) -> tuple[dict, dict]:
 
 
 class TFLiteBackend(Backend):
-    def __init__(self, path: Path, threads: int = 1):
-        tfl = TFLiteFile.read(path)
+    def __init__(self, path: Path, threads: int = 1, data: bytes | None = None):
+        tfl = TFLiteFile.read(path) if data is None else TFLiteFile(data, path)
         metadata = {}
         for k, v in tfl.metadata.items():
             try:
@@ -268,8 +269,8 @@ class TFLiteBackend(Backend):
 # --- ONNX -------------------------------------------------------------------------------------
 
 class ONNXBackend(Backend):
-    def __init__(self, path: Path, threads: int = 1):
-        self._sess = onnx_session(path, threads)
+    def __init__(self, path: Path, threads: int = 1, data: bytes | None = None):
+        self._sess = onnx_session(path, threads, data=data)
         metadata = dict(self._sess.get_modelmeta().custom_metadata_map)
         spec = spec_from_metadata(path, metadata)
         super().__init__(path, spec, format_from_metadata(path, metadata), threads)
@@ -314,3 +315,16 @@ def load_backend(path: str | Path, threads: int = 1) -> Backend:
     if int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     return _BACKENDS[backend_for(path)](path, int(threads))
+
+
+def load_backend_from_buffer(data: bytes, threads: int = 1, name: str = "<model buffer>") -> Backend:
+    """`load_backend` for the bytes of a .tflite or .onnx file (read from an archive, a
+    database, a network): the format is told by TFLite's flatbuffer identifier; `name`
+    stands for the file in error messages."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ModelFileError(f"{name}: expected the bytes of a .tflite or .onnx file, got {type(data).__name__}")
+    data = bytes(data)
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    kind = TFLITE if data[4:8] == TFLITE_IDENTIFIER else ONNX
+    return _BACKENDS[kind](Path(name), int(threads), data=data)

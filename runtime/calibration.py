@@ -35,20 +35,17 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from runtime.detectors import Detection, Detector, base_square, box_overlap, calibrated_square
-from runtime.preprocess import ImageError, Square, canonical_square, to_grey
-from runtime.mtfl import MTFL_ORIGIN, AnnotationError, DataError, read_annotations
-from runtime.spec import BoxCalibration, CropPolicy, ModelSpec
+from facemtl.runtime.detectors import Detection, Detector, base_square, box_overlap, calibrated_square
+from facemtl.runtime.preprocess import ImageError, Square, canonical_square, to_grey
+from facemtl.runtime.mtfl import MTFL_ORIGIN, AnnotationError, DataError, read_annotations
+from facemtl.runtime.spec import BoxCalibration, CropPolicy, ModelSpec
+from facemtl.runtime.errors import CalibrationError  # noqa: F401 (re-exported)
 
-# The jitter the model was trained with (train.pipeline.Augment defaults): a calibrated
+# The jitter the model was trained with (facemtl.train.pipeline.Augment defaults): a calibrated
 # crop inside these bounds is one the model has seen.
 TRAIN_SHIFT = 0.08
 TRAIN_LOG_SCALE = 0.12
 MIN_FACES = 10  # fewest matches a calibration may be fitted on
-
-
-class CalibrationError(ValueError):
-    """Too few matches to fit a calibration, or unusable inputs."""
 
 
 @dataclass
@@ -276,7 +273,7 @@ def read_landmark_file(file: str | os.PathLike, root: str | os.PathLike | None =
                        origin: float = MTFL_ORIGIN) -> tuple[list[Path], np.ndarray]:
     """Image paths and (N, 5, 2) points of an MTFL annotation file, in 0-based pixel-index
     coordinates when `origin` is the file's (MTFL: 1); paths resolve against `root`
-    (default: the file's folder). Parsed by `runtime.mtfl`, as training parses it."""
+    (default: the file's folder). Parsed by `facemtl.runtime.mtfl`, as training parses it."""
     try:
         ann = read_annotations(file, root)
     except (AnnotationError, DataError) as e:
@@ -309,7 +306,7 @@ def calibrate_spec_file(
     What `facemtl calibrate` and `facemtl train --calibrate` run. `echo` gets each report's
     summary (None: silent). Raises CalibrationError, DetectorError or SpecError.
     """
-    from runtime.detectors import create_detector
+    from facemtl.runtime.detectors import create_detector
 
     spec_path = Path(spec_path)
     if spec_path.is_dir():

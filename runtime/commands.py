@@ -1,6 +1,6 @@
 """The runtime's subcommands: `facemtl predict`, `facemtl calibrate` and `facemtl demo`.
 
-Registered by `runtime.cli` (see `_BUILTIN`); each `register_*` adds a subparser and sets
+Registered by `facemtl.runtime.cli` (see `_BUILTIN`); each `register_*` adds a subparser and sets
 `func(args) -> exit code`. Heavy imports (the interpreter) happen inside `func`.
 """
 
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from runtime.cli import CommandError
-from runtime.mirror import FLIP_AVERAGE_HELP
+from facemtl.runtime.cli import CommandError
+from facemtl.runtime.mirror import FLIP_AVERAGE_HELP
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".jp2")
 
@@ -87,18 +87,18 @@ def read_image(path: str):
 
 
 def _analyzer_from_args(args):
-    from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
-    from runtime.artifact import ModelFileError
-    from runtime.detectors import DetectorError
-    from runtime.spec import SpecError
+    from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
+    from facemtl.runtime.artifact import ModelFileError
+    from facemtl.runtime.detectors import DetectorError
+    from facemtl.runtime.spec import SpecError
 
     max_side = "auto" if args.detect_size is None else (None if args.detect_size == 0 else args.detect_size)
-    options = FaceAnalyzerOptions(
-        model_path=args.model, detector=args.detector, detection_max_side=max_side,
-        min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
-        flip_average=args.flip_average,
-    )
     try:
+        options = FaceAnalyzerOptions(
+            model_path=args.model, detector=args.detector, detection_max_side=max_side,
+            min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
+            flip_average=args.flip_average,
+        )
         return FaceAnalyzer.create_from_options(options)
     except (DetectorError, SpecError, ModelFileError, ValueError) as e:
         raise CommandError(str(e)) from None
@@ -116,7 +116,7 @@ def default_workers() -> int:
 def _analyze_file(pool, path: str):
     """(result, None) or (None, error) for one image file, on a FaceAnalyzer borrowed from
     `pool` (a queue: detectors and interpreters are not shared between threads)."""
-    from runtime.preprocess import ImageError
+    from facemtl.runtime.preprocess import ImageError
 
     t = time.perf_counter()
     try:
@@ -240,10 +240,10 @@ def _data_dir(arg: str | None) -> Path:
 
 
 def run_calibrate(args) -> int:
-    from runtime.calibration import CalibrationError, calibrate_spec_file
-    from runtime.detectors import DetectorError
-    from runtime.io import atomic_write_text
-    from runtime.spec import SpecError
+    from facemtl.runtime.calibration import CalibrationError, calibrate_spec_file
+    from facemtl.runtime.detectors import DetectorError
+    from facemtl.runtime.io import atomic_write_text
+    from facemtl.runtime.spec import SpecError
 
     spec_path = Path(args.model_dir)
     if spec_path.is_dir():
@@ -272,7 +272,7 @@ def run_calibrate(args) -> int:
 
 # --- demo (the video engineer's) -----------------------------------------------------------
 def register_demo(sub) -> None:
-    from runtime.live.demo import add_arguments
+    from facemtl.runtime.live.demo import add_arguments
 
     p = sub.add_parser(
         "demo",
@@ -290,6 +290,6 @@ def register_demo(sub) -> None:
 
 
 def run_demo(args) -> int:
-    from runtime.live.demo import run
+    from facemtl.runtime.live.demo import run
 
     return run(args)

@@ -31,8 +31,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from runtime.preprocess import Square, canonical_square
-from runtime.spec import BoxCalibration, CropPolicy
+from facemtl.runtime.preprocess import Square, canonical_square
+from facemtl.runtime.spec import BoxCalibration, CropPolicy
+from facemtl.runtime.errors import DetectorError  # noqa: F401 (re-exported)
 
 HAAR = "haar"
 YUNET = "yunet"
@@ -48,10 +49,6 @@ _HAAR_FIX = (
     "Install OpenCV 4.x (`pip install 'opencv-python-headless>=4.8,<5'`), or use "
     "`--detector yunet:PATH` with a YuNet .onnx file, or `--detector none` for face crops"
 )
-
-
-class DetectorError(ValueError):
-    """A detector that cannot be built (unknown name, missing file, OpenCV without it)."""
 
 
 @dataclass(frozen=True)

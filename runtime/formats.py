@@ -1,6 +1,6 @@
 """The one table of model file formats: name, file suffix, interpreter, options, exporter.
 
-`convert/` exports, checks and benchmarks by looping over `FORMATS`; `runtime.backends`
+`convert/` exports, checks and benchmarks by looping over `FORMATS`; `facemtl.runtime.backends`
 picks an interpreter from a file's suffix through it. The exporter is named by a dotted
 path (resolved by `convert/`), so this module stays data only: no TensorFlow, no convert/.
 """
@@ -48,26 +48,26 @@ class Format:
 
 
 FORMATS: tuple[Format, ...] = (
-    Format("tflite-fp32", TFLITE, (), "convert.export:export_tflite", atol=1e-4,
+    Format("tflite-fp32", TFLITE, (), "facemtl.convert.export:export_tflite", atol=1e-4,
            description="float32 TFLite, builtin ops only"),
-    Format("tflite-fp16", TFLITE, (), "convert.export:export_tflite",
+    Format("tflite-fp16", TFLITE, (), "facemtl.convert.export:export_tflite",
            description="float16 weights, float32 compute and I/O"),
-    Format("tflite-dynamic", TFLITE, (), "convert.export:export_tflite",
+    Format("tflite-dynamic", TFLITE, (), "facemtl.convert.export:export_tflite",
            description="dynamic-range quantization: int8 weights, float I/O"),
-    Format("tflite-int8", TFLITE, ("calibration", "equalize"), "convert.export:export_tflite",
+    Format("tflite-int8", TFLITE, ("calibration", "equalize"), "facemtl.convert.export:export_tflite",
            integer_io=True,
            description="full integer: int8 weights, activations, input and outputs; calibrated on training crops, "
                        "ranges equalized first"),
     # The same integer graph with float32 at its edges: TFLite's own QUANTIZE and DEQUANTIZE ops
     # convert the input and the outputs inside `invoke`, which at batch 1 costs less than
     # doing it in numpy around the call (`python bench/backend_overhead.py`). The packaged default.
-    Format("tflite-int8-float", TFLITE, ("calibration", "equalize"), "convert.export:export_tflite",
+    Format("tflite-int8-float", TFLITE, ("calibration", "equalize"), "facemtl.convert.export:export_tflite",
            description="int8 weights and activations, float32 input and outputs (quantized inside the graph); "
                        "calibrated and equalized as tflite-int8"),
-    Format("onnx-fp32", ONNX, ("opset",), "convert.export:export_onnx", atol=1e-4,
+    Format("onnx-fp32", ONNX, ("opset",), "facemtl.convert.export:export_onnx", atol=1e-4,
            description="float32 ONNX (tf2onnx)"),
     Format("onnx-int8", ONNX, ("opset", "calibration", "per_channel", "equalize"),
-           "convert.export:export_onnx_int8",
+           "facemtl.convert.export:export_onnx_int8",
            description="static QDQ int8 (onnxruntime.quantization), signed int8, float I/O"),
 )
 

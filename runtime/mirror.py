@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from runtime.spec import REGRESSION, HeadSpec, ModelSpec, SpecError
+from facemtl.runtime.spec import REGRESSION, HeadSpec, ModelSpec, SpecError
 
 Run = Callable[[np.ndarray], dict]  # (N, S, S, C) normalised crops -> {head: (N, units) raw}
 

@@ -3,7 +3,7 @@
 Line format: `PATH x1..x5 y1..y5 gender smile glasses pose`, attributes 1-based. The files
 use Windows separators in `training.txt`, a leading space on every line after the first and
 a trailing blank line; all of that is accepted, anything else is an error naming the line.
-No TensorFlow, no image decoding: `train.mtfl` adds those.
+No TensorFlow, no image decoding: `facemtl.train.mtfl` adds those.
 """
 
 from __future__ import annotations
@@ -14,17 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from facemtl.runtime.errors import AnnotationError, DataError  # noqa: F401 (re-exported)
+
 # MTFL attribute columns, in file order, and their class counts; index = value - 1.
 ATTRIBUTES = (("gender", 2), ("smile", 2), ("glasses", 2), ("pose", 5))
 MTFL_ORIGIN = 1.0  # the files' coordinates are 1-based
-
-
-class AnnotationError(ValueError):
-    """A malformed annotation line; the message names file and line."""
-
-
-class DataError(ValueError):
-    """A data folder that cannot be used (missing files, unreadable images)."""
 
 
 @dataclass

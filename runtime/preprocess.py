@@ -17,16 +17,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from runtime.spec import CropPolicy, InputSpec
+from facemtl.runtime.spec import CropPolicy, InputSpec
+from facemtl.runtime.errors import ImageError  # noqa: F401 (re-exported)
 
 # The first warp samples at most this many times the input size; an area resize then brings
 # it down. One bilinear warp straight to 40x40 would alias: a 200-pixel face would be
 # sampled at every fifth pixel and the crop would shimmer from frame to frame.
 _OVERSAMPLE = 4
-
-
-class ImageError(ValueError):
-    """An image this code cannot use (wrong shape, wrong dtype, empty)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +148,25 @@ def crop(grey: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.nd
     if inter != size:
         patch = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
     return patch.astype(np.float32), m
+
+
+def crop_region(image: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`preprocess.crop` of `square` from a BGR or grey frame, converting only the region the
+    square covers to grey. Same pixels as cropping the whole grey frame: the region holds the
+    square and the bilinear margin, and where it is cut by the frame edge, `crop` replicates
+    that edge just as it would on the whole frame. Returns (patch, full-frame crop matrix)."""
+    h, w = image.shape[:2]
+    a = math.radians(square.angle)
+    half = square.side / 2 * (abs(math.cos(a)) + abs(math.sin(a))) + 2
+    x0 = min(max(int(math.floor(square.cx - half)), 0), w - 1)
+    y0 = min(max(int(math.floor(square.cy - half)), 0), h - 1)
+    x1 = max(min(int(math.ceil(square.cx + half)) + 1, w), x0 + 1)
+    y1 = max(min(int(math.ceil(square.cy + half)) + 1, h), y0 + 1)
+    roi = image[y0:y1, x0:x1]
+    grey = roi if roi.ndim == 2 else cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY if roi.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    local = Square(square.cx - x0, square.cy - y0, square.side, square.angle)
+    patch, _ = crop(grey, local, size)
+    return patch, crop_matrix(square)
 
 
 def normalize(patch: np.ndarray, spec: InputSpec) -> np.ndarray:

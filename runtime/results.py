@@ -1,4 +1,8 @@
-"""What the analyzer hands back: plain dataclasses, JSON-ready. No face is an empty list."""
+"""What the analyzer hands back: plain dataclasses, JSON-ready. No face is an empty list.
+
+Field names follow MediaPipe Tasks where it has the same idea (`Category(index, score,
+display_name, category_name)`), and every field means the same in IMAGE and VIDEO mode.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +10,97 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from facemtl.runtime.preprocess import Square
+from facemtl.runtime.spec import HeadSpec
+
 
 @dataclass(frozen=True)
 class Category:
-    """One class answer of a classification head (MediaPipe's Category)."""
+    """One class of a classification head and its probability (MediaPipe's Category)."""
 
     index: int
-    label: str
     score: float
+    display_name: str    # for people: "not smiling"
+    category_name: str   # the head's label, as in the spec and the JSON: "not_smiling"
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "score": round(float(self.score), 4)}
+        return {"label": self.category_name, "score": round(float(self.score), 4)}
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One classification head's answer for one face: every class with its probability.
+
+    `top` is the answer: the most probable class in IMAGE mode; in VIDEO mode the label
+    shown after smoothing over time, which changes only when another class leads by a margin
+    (`TrackingOptions.attribute_margin`), so it can briefly differ from the most probable.
+    """
+
+    head_name: str
+    categories: tuple[Category, ...]   # every class, in the head's label order
+    top_index: int
+
+    @classmethod
+    def of(cls, head: HeadSpec, probabilities: np.ndarray, top_index: int | None = None) -> "Classification":
+        p = np.asarray(probabilities, dtype=np.float64)
+        top = int(np.argmax(p)) if top_index is None else int(top_index)
+        cats = tuple(Category(i, float(p[i]), name.replace("_", " "), name) for i, name in enumerate(head.labels))
+        return cls(head.name, cats, top)
+
+    @property
+    def top(self) -> Category:
+        return self.categories[self.top_index]
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return np.array([c.score for c in self.categories])
+
+    def __getitem__(self, category_name: str) -> Category:
+        for c in self.categories:
+            if c.category_name == category_name:
+                return c
+        raise KeyError(f"head {self.head_name!r} has no class {category_name!r}; "
+                       f"its classes: {[c.category_name for c in self.categories]}")
+
+    def to_dict(self) -> dict:
+        return {**self.top.to_dict(), "scores": {c.category_name: round(float(c.score), 4) for c in self.categories}}
 
 
 @dataclass
 class Face:
-    box: tuple[float, float, float, float]         # x, y, w, h in image pixels (the detector's box)
-    score: float                                   # detector confidence
-    landmarks: np.ndarray                          # (5, 2) image pixels, MTFL order
-    attributes: dict[str, Category] = field(default_factory=dict)
-    id: int | None = None                          # stable across frames in video mode
+    """One face of a frame.
+
+    box: the face in the detector's framing, x, y, w, h in image pixels: the detection, or,
+        in VIDEO mode for a face followed from its own landmarks, the box its detector would
+        give for the square the model saw (the last detection's box, moved and scaled with
+        the square).
+    score: the detector's confidence (in VIDEO mode, of the detection that last confirmed it).
+    square: the square the model saw (centre, side, roll in degrees), image pixels.
+    landmarks: (K, 2) image pixels, in `landmark_names` order (MTFL's five points).
+    attributes: one `Classification` per classification head, by head name.
+    id: stable across the frames of a stream in VIDEO mode; None in IMAGE mode.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    square: Square
+    landmarks: np.ndarray
+    landmark_names: tuple[str, ...] = ()
+    attributes: dict[str, Classification] = field(default_factory=dict)
+    id: int | None = None
+
+    def landmark(self, name: str) -> np.ndarray:
+        """One landmark's (x, y) by name, e.g. `face.landmark("nose")`."""
+        try:
+            return self.landmarks[self.landmark_names.index(name)]
+        except ValueError:
+            raise KeyError(f"no landmark {name!r}; this model's: {list(self.landmark_names)}") from None
 
     def to_dict(self) -> dict:
         d = {
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
+            "square": [round(float(v), 1) for v in self.square.as_array()],
             "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in np.asarray(self.landmarks)],
             "attributes": {k: c.to_dict() for k, c in self.attributes.items()},
         }
@@ -44,7 +114,7 @@ class FrameResult:
     faces: list[Face]
     timestamp_ms: float | None = None
     latency_ms: float = 0.0
-    stages_ms: dict[str, float] = field(default_factory=dict)  # detect, crop, infer, ...
+    stages_ms: dict[str, float] = field(default_factory=dict)  # decode, detect, crop, infer, ...
 
     def to_dict(self) -> dict:
         return {"faces": [f.to_dict() for f in self.faces]}

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from facemtl.runtime.errors import SpecError  # noqa: F401 (re-exported)
+
 SPEC_VERSION = 1
 
 # MTFL order. Left/right as seen in the image (x of left_eye < x of right_eye on a frontal
@@ -25,10 +27,6 @@ LANDMARK_FLIP = (1, 0, 2, 4, 3)
 
 REGRESSION = "regression"
 CLASSIFICATION = "classification"
-
-
-class SpecError(ValueError):
-    """A spec that cannot describe a working model (bad JSON, unknown head, wrong shape)."""
 
 
 @dataclass(frozen=True)
@@ -273,7 +271,7 @@ class ModelSpec:
         return cls.from_dict(d)
 
     def save(self, path) -> None:
-        from runtime.io import atomic_write_text
+        from facemtl.runtime.io import atomic_write_text
 
         atomic_write_text(path, self.to_json() + "\n")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.formats import FORMATS
-from runtime.preprocess import normalize
-from runtime.spec import default_spec
+from facemtl.runtime.formats import FORMATS
+from facemtl.runtime.preprocess import normalize
+from facemtl.runtime.spec import default_spec
 
 WORK = Path(tempfile.mkdtemp(prefix="facemtl-test-convert-"))
 atexit.register(shutil.rmtree, WORK, True)
@@ -57,7 +57,7 @@ def set_batchnorm_stats(model, x: np.ndarray, seed: int = 0) -> None:
 def tiny_model_path(activation: str = "relu6") -> Path:
     import keras
 
-    from train.model import build_model
+    from facemtl.train.model import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model(default_spec(), width=4, dropout=0.0, activation=activation)
@@ -74,7 +74,7 @@ def tiny_model_path(activation: str = "relu6") -> Path:
 
 @functools.lru_cache(maxsize=None)
 def tiny_model(activation: str = "relu6"):
-    from train.model import load_model
+    from facemtl.train.model import load_model
 
     return load_model(tiny_model_path(activation))
 
@@ -82,7 +82,7 @@ def tiny_model(activation: str = "relu6"):
 @functools.lru_cache(maxsize=None)
 def converted() -> dict[str, Path]:
     """Format name -> file of the tiny model, every row of the format table (no checks)."""
-    from convert.export import ExportContext, export
+    from facemtl.convert.export import ExportContext, export
 
     model = tiny_model()
     out = WORK / "converted"
@@ -101,7 +101,7 @@ def raw_tflite_fp32() -> bytes:
     """The fp32 file as the converter wrote it, before facemtl embedded its metadata."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from runtime.formats import FORMAT_KEY, SPEC_KEY
+    from facemtl.runtime.formats import FORMAT_KEY, SPEC_KEY
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(converted()["tflite-fp32"].read_bytes()))
     model.metadata = [m for m in model.metadata if m.name.decode() not in (SPEC_KEY, FORMAT_KEY)]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# what a Raspberry Pi install lacks; `train` and `convert` are the packages that need them
-NO_TENSORFLOW = ("tensorflow", "keras", "tf_keras", "tf2onnx", "jax", "torch", "train", "convert")
+# what a Raspberry Pi install lacks; facemtl.train and facemtl.convert are the packages that need them
+NO_TENSORFLOW = ("tensorflow", "keras", "tf_keras", "tf2onnx", "jax", "torch", "facemtl.train", "facemtl.convert")
 
 
 def blocker(blocked: tuple[str, ...]) -> str:
@@ -25,8 +25,8 @@ def blocker(blocked: tuple[str, ...]) -> str:
 
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
-                    raise ImportError(f"blocked for this test: {{name}}")
+                if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked for this test)", name=name)
                 return None
 
         sys.meta_path.insert(0, Block())

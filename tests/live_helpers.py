@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import YUNET
-from runtime.spec import CropPolicy
+from facemtl.runtime.spec import CropPolicy
 from runtime_models import MEAN_SHAPE, trained_model, write_constant_onnx
 
 
@@ -42,7 +42,7 @@ def fast_detector():
     (the profile cascades triple Haar's cost and the sample face is frontal)."""
     import os
 
-    from runtime.detectors import HaarDetector, YuNetDetector
+    from facemtl.runtime.detectors import HaarDetector, YuNetDetector
 
     if YUNET.is_file() and os.environ.get("FACEMTL_TEST_DETECTOR") != "haar":
         return YuNetDetector(YUNET, max_side=320)
@@ -50,9 +50,9 @@ def fast_detector():
 
 
 def video_analyzer(model: Path, **tracking):
-    from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
-    from runtime.live.tracking import TrackingOptions
-    from runtime.spec import SpecError
+    from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
+    from facemtl.runtime.live.tracking import TrackingOptions
+    from facemtl.runtime.spec import SpecError
 
     try:
         return FaceAnalyzer.create_from_options(FaceAnalyzerOptions(

@@ -2,7 +2,7 @@
 model where one exists.
 
 `write_constant_onnx` writes a genuine ONNX model (run by onnxruntime through
-`runtime.backends`, with the spec embedded the way `facemtl convert` embeds it) whose heads
+`facemtl.runtime.backends`, with the spec embedded the way `facemtl convert` embeds it) whose heads
 answer fixed values whatever the crop: the geometry of detection -> calibration -> crop ->
 decode -> image pixels can then be checked exactly.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.formats import FORMAT_KEY, SPEC_KEY
-from runtime.spec import BoxCalibration, ModelSpec, default_spec
+from facemtl.runtime.formats import FORMAT_KEY, SPEC_KEY
+from facemtl.runtime.spec import BoxCalibration, ModelSpec, default_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

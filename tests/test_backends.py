@@ -1,4 +1,4 @@
-"""runtime.backends / runtime.artifact on real converted files in their real interpreters."""
+"""facemtl.runtime.backends / facemtl.runtime.artifact on real converted files in their real interpreters."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 
 from convert_fixtures import converted, crops, raw_tflite_fp32, tiny_model
 from import_blocker import run_blocked
-from runtime.artifact import ModelFileError, TFLiteFile, read_metadata, read_spec
-from runtime.backends import MAX_BATCH, load_backend
-from runtime.formats import FORMAT_KEY, FORMAT_NAMES, SPEC_KEY
-from runtime.spec import default_spec
+from facemtl.runtime.artifact import ModelFileError, TFLiteFile, read_metadata, read_spec
+from facemtl.runtime.backends import MAX_BATCH, load_backend
+from facemtl.runtime.formats import FORMAT_KEY, FORMAT_NAMES, SPEC_KEY
+from facemtl.runtime.spec import default_spec
 
 pytestmark = pytest.mark.slow  # the session converts a model once (~20 s)
 
@@ -213,7 +213,7 @@ def test_refuses_a_spec_that_does_not_match_the_outputs(files, tmp_path):
 
     import onnx
 
-    from convert.export import embed_onnx_metadata, embed_tflite_metadata
+    from facemtl.convert.export import embed_onnx_metadata, embed_tflite_metadata
 
     spec = default_spec()
     fewer = spec.select(["landmarks", "pose"])
@@ -235,8 +235,8 @@ def test_refuses_a_spec_that_does_not_match_the_outputs(files, tmp_path):
 
 
 def test_refuses_int8_file_whose_spec_records_other_quantization(files, tmp_path):
-    from convert.export import embed_tflite_metadata
-    from runtime.spec import QuantParams
+    from facemtl.convert.export import embed_tflite_metadata
+    from facemtl.runtime.spec import QuantParams
 
     spec = read_spec(files["tflite-int8"])
     q = dict(spec.quantization)
@@ -254,8 +254,8 @@ def test_spec_and_backends_work_without_tensorflow(files, tmp_path):
         f"""
         import sys
         import numpy as np
-        from runtime.artifact import read_spec
-        from runtime.backends import load_backend
+        from facemtl.runtime.artifact import read_spec
+        from facemtl.runtime.backends import load_backend
         for p in {[str(files[n]) for n in ("tflite-int8", "tflite-fp32", "onnx-int8")]!r}:
             spec = read_spec(p)
             b = load_backend(p)

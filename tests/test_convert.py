@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from convert_fixtures import converted, crops, tiny_model, tiny_model_path
-from runtime.artifact import ModelFileError, TFLiteFile, read_spec
-from runtime.backends import load_backend
-from runtime.cli import main
-from runtime.formats import FORMAT_NAMES, FORMATS, backend_for, get_format
-from runtime.spec import default_spec
+from facemtl.runtime.artifact import ModelFileError, TFLiteFile, read_spec
+from facemtl.runtime.backends import load_backend
+from facemtl.runtime.cli import main
+from facemtl.runtime.formats import FORMAT_NAMES, FORMATS, backend_for, get_format
+from facemtl.runtime.spec import default_spec
 
 # --- the format table ---------------------------------------------------------------------------
 
@@ -119,8 +119,8 @@ def _perturbed_onnx(src: Path, dst: Path, head: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tflite-fp32", "onnx-fp32"])
 def test_check_fails_a_broken_head_and_only_that_head(tmp_path, name):
-    from convert.check import check_outputs
-    from convert.report import FormatResult, convert_markdown
+    from facemtl.convert.check import check_outputs
+    from facemtl.convert.report import FormatResult, convert_markdown
 
     x, ref, truth, labels = _check_data()
     spec = tiny_model().model_spec
@@ -142,7 +142,7 @@ def test_check_fails_a_broken_head_and_only_that_head(tmp_path, name):
 
 
 def test_check_limits_default_from_spec_and_override():
-    from convert.check import Limits, check_head
+    from facemtl.convert.check import Limits, check_head
 
     spec = default_spec()
     assert Limits.for_head(spec.head("landmarks")) == Limits(0.15, None)
@@ -165,9 +165,9 @@ def test_check_limits_default_from_spec_and_override():
 
 @pytest.mark.slow
 def test_crops_equal_the_training_pipeline(tiny_mtfl):
-    from convert.data import cut
-    from train.mtfl import load_images, load_split
-    from train.pipeline import make_example
+    from facemtl.convert.data import cut
+    from facemtl.train.mtfl import load_images, load_split
+    from facemtl.train.pipeline import make_example
 
     spec = default_spec()
     images = load_images(load_split(tiny_mtfl, "training").subset(np.arange(6)))
@@ -181,7 +181,7 @@ def test_crops_equal_the_training_pipeline(tiny_mtfl):
 
 @pytest.mark.slow
 def test_calibration_and_checked_faces_do_not_overlap(tiny_mtfl):
-    from convert.data import calibration, held_out
+    from facemtl.convert.data import calibration, held_out
 
     spec = default_spec()
     val = held_out(tiny_mtfl, spec, "validation")
@@ -251,7 +251,7 @@ def test_convert_passes_with_the_spec_beside_the_model(tmp_path, tiny_mtfl, caps
     import dataclasses
     import shutil
 
-    from runtime.spec import BoxCalibration
+    from facemtl.runtime.spec import BoxCalibration
 
     model = tmp_path / "m" / "model.keras"
     model.parent.mkdir()
@@ -336,7 +336,7 @@ def test_bench_table_and_json(tmp_path, tiny_mtfl, capsys):
 
 
 def test_bench_times_files_interleaved_in_rounds():
-    from convert.bench import interleaved_latency_ms
+    from facemtl.convert.bench import interleaved_latency_ms
 
     calls = []
 
@@ -359,7 +359,7 @@ def test_bench_times_files_interleaved_in_rounds():
 def test_bench_live_hook(capsys):
     import importlib.util
 
-    if importlib.util.find_spec("runtime.live_bench") is None:
+    if importlib.util.find_spec("facemtl.runtime.live_bench") is None:
         assert main(["bench", "--live"]) == 2
         assert "not available yet" in capsys.readouterr().err
     else:  # the live benchmark is installed: its options join `facemtl bench`
@@ -387,7 +387,7 @@ def test_model_file_error_is_a_value_error():
 def test_equalization_is_exact_and_evens_channel_ranges():
     import keras
 
-    from convert.equalize import equalize
+    from facemtl.convert.equalize import equalize
 
     # ReLU6 clips at 6, so dividing a channel by s before it is not undone after it: the
     # default trunk has nothing equalize() may touch, and it must leave it alone
@@ -425,7 +425,7 @@ def test_equalization_is_exact_and_evens_channel_ranges():
 def test_fold_dense_makes_one_gemm_per_dense_layer(tmp_path):
     import onnx
 
-    from convert.export import fold_dense
+    from facemtl.convert.export import fold_dense
 
     src = converted()["onnx-fp32"]
     proto = onnx.load(str(src))
@@ -475,7 +475,7 @@ def _onnx_head_weights_quantized(path: Path) -> dict[str, bool]:
 def _export_without_and_with(model, tmp_path: Path, names: tuple[str, ...], option: str, **fixed) -> dict:
     """(format name, option value) -> file: each format exported with the ExportContext option
     `option` off and on, the other options as in `fixed`."""
-    from convert.export import ExportContext, export
+    from facemtl.convert.export import ExportContext, export
 
     files = {}
     for on in (False, True):
@@ -564,14 +564,14 @@ def _relu_only_onnx():
 
 
 def test_onnx_stem_nodes_refuses_a_graph_without_a_convolution():
-    from convert.export import ExportError, onnx_stem_nodes
+    from facemtl.convert.export import ExportError, onnx_stem_nodes
 
     with pytest.raises(ExportError, match="first convolution"):
         onnx_stem_nodes(_relu_only_onnx())
 
 
 def test_onnx_head_nodes_refuses_an_output_without_a_dense_layer():
-    from convert.export import ExportError, onnx_head_nodes
+    from facemtl.convert.export import ExportError, onnx_head_nodes
 
     with pytest.raises(ExportError, match="Dense layer of output 'pose'"):
         onnx_head_nodes(_relu_only_onnx())

@@ -7,15 +7,15 @@ import json
 import pytest
 
 from convert_fixtures import tiny_model_path
-from runtime.cli import main
-from runtime.spec import default_spec
+from facemtl.runtime.cli import main
+from facemtl.runtime.spec import default_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
 
 def test_checked_faces_are_held_out_from_calibration(mtfl_dir):
-    from convert.data import calibration, held_out
-    from train.mtfl import load_split, split_train_val
+    from facemtl.convert.data import calibration, held_out
+    from facemtl.train.mtfl import load_split, split_train_val
 
     spec = default_spec()
     val = held_out(mtfl_dir, spec, "validation", limit=40)

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import detectors as D
-from runtime.calibration import read_landmark_file
-from runtime.preprocess import canonical_square
-from runtime.spec import BoxCalibration, CropPolicy, SpecError
+from facemtl.runtime import detectors as D
+from facemtl.runtime.calibration import read_landmark_file
+from facemtl.runtime.preprocess import canonical_square
+from facemtl.runtime.spec import BoxCalibration, CropPolicy, SpecError
 
 
 def det(box, score=0.9, source="haar", **kw):

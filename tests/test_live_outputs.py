@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from live_helpers import constant_model
-from runtime.live.mjpeg import BOUNDARY, MjpegServer, parse_address
-from runtime.live.record import RecordError, Recorder
+from facemtl.runtime.live.mjpeg import BOUNDARY, MjpegServer, parse_address
+from facemtl.runtime.live.record import RecordError, Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_sample = pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
@@ -134,7 +134,7 @@ def test_record_errors(tmp_path):
 # --- the demo command ------------------------------------------------------------------------
 @needs_sample
 def test_demo_on_the_sample_records_writes_json_and_sums_up(tmp_path, capsys):
-    from runtime.cli import main
+    from facemtl.runtime.cli import main
 
     model = constant_model(tmp_path)
     video, lines, summary = tmp_path / "demo.mp4", tmp_path / "demo.jsonl", tmp_path / "summary.json"
@@ -157,7 +157,7 @@ def test_demo_on_the_sample_records_writes_json_and_sums_up(tmp_path, capsys):
 
 
 def test_demo_json_to_stdout_has_empty_faces_for_frames_without_faces(tmp_path, capsys):
-    from runtime.cli import main
+    from facemtl.runtime.cli import main
 
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -173,8 +173,8 @@ def test_demo_json_to_stdout_has_empty_faces_for_frames_without_faces(tmp_path, 
 
 
 def test_show_without_a_gui_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    from runtime.cli import main
-    from runtime.live.demo import _window_check
+    from facemtl.runtime.cli import main
+    from facemtl.runtime.live.demo import _window_check
 
     monkeypatch.setenv("DISPLAY", ":0")
     if _window_check() is None:
@@ -185,7 +185,7 @@ def test_show_without_a_gui_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
 
 def test_show_without_a_display_points_to_serve(monkeypatch):
-    from runtime.live.demo import _window_check
+    from facemtl.runtime.live.demo import _window_check
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
@@ -201,16 +201,16 @@ def test_demo_and_live_bench_run_without_tensorflow(tmp_path):
 
     model = constant_model(tmp_path)
     code = (
-        "import sys, runtime.cli\n"
-        f"a = runtime.cli.main(['demo', '--model', {str(model)!r}, '--detector', 'none', '--source', 'sample',"
+        "import sys, facemtl.runtime.cli\n"
+        f"a = facemtl.runtime.cli.main(['demo', '--model', {str(model)!r}, '--detector', 'none', '--source', 'sample',"
         " '--max-frames', '5', '-q'])\n"
-        f"b = runtime.cli.main(['bench', '--live', {str(model)!r}, '--detector', 'none', '--live-frames', '10',"
+        f"b = facemtl.runtime.cli.main(['bench', '--live', {str(model)!r}, '--detector', 'none', '--live-frames', '10',"
         " '--warmup', '2', '--no-quality'])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'))\n"
         "print('codes', a, b, 'bad', bad)\n"
     )
     # convert/ stays importable: it registers `bench`, and must stay light without TensorFlow
-    blocked = tuple(n for n in NO_TENSORFLOW if n != "convert")
+    blocked = tuple(n for n in NO_TENSORFLOW if n != "facemtl.convert")
     r = run_blocked(code, tmp_path, blocked=blocked, extra_path=(ROOT / "tests",), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "codes 0 0 bad []" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
@@ -221,7 +221,7 @@ def test_the_systemd_unit_runs_a_valid_demo_command():
     import configparser
     import shlex
 
-    from runtime.cli import build_parser
+    from facemtl.runtime.cli import build_parser
 
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.read(ROOT / "deploy" / "facemtl-demo.service")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.live.sample import ASTRONAUT_LANDMARKS, SampleStream, SampleUnavailable, astronaut_path, nme
+from facemtl.runtime.live.sample import ASTRONAUT_LANDMARKS, SampleStream, SampleUnavailable, astronaut_path, nme
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
                                 reason="the sample stream needs scikit-image (pip install scikit-image)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.live.smoothing import LabelSmoother, OneEuroFilter, OneEuroParams
+from facemtl.runtime.live.smoothing import LabelSmoother, OneEuroFilter, OneEuroParams
 
 FPS = 30.0
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.live.sources import (Grabber, ImageFilesSource, LiveSource, SourceError, VideoFileSource,
+from facemtl.runtime.live.sources import (Grabber, ImageFilesSource, LiveSource, SourceError, VideoFileSource,
                                   open_source)
 
 
@@ -136,7 +136,7 @@ def test_missing_camera_is_a_clean_error():
 
 def test_missing_camera_on_the_command_line(tmp_path, capsys):
     from live_helpers import constant_model
-    from runtime.cli import main
+    from facemtl.runtime.cli import main
 
     code = main(["demo", "--model", str(constant_model(tmp_path)), "--detector", "none", "--source", "57",
                  "--retries", "0"])

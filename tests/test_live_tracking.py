@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from live_helpers import canonical_shape, constant_model, live_model, rms_jitter, run_stream, video_analyzer
-from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
-from runtime.live.tracking import TrackingOptions, appearance_match, crop_angle, crop_region
-from runtime.preprocess import Square, crop, to_grey
-from runtime.spec import CropPolicy
+from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
+from facemtl.runtime.live.tracking import TrackingOptions, appearance_match, crop_angle
+from facemtl.runtime.preprocess import Square, crop, crop_region, to_grey
+from facemtl.runtime.spec import CropPolicy
 
 needs_sample = pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
                                   reason="the sample stream needs scikit-image (pip install scikit-image)")
 
 
 def _sample(motion, **kw):
-    from runtime.live.sample import SampleStream
+    from facemtl.runtime.live.sample import SampleStream
 
     return SampleStream(motion=motion, **kw)
 
@@ -116,7 +116,7 @@ def test_anchored_framing_keeps_the_detector_framing_of_a_biased_model(tmp_path)
     for anchor in (True, False):
         with video_analyzer(model, detect_every=1000, anchor=anchor, smooth_landmarks=False) as a:
             results, _ = run_stream(a, s, range(8))
-        sides[anchor] = [r.faces[0].box[2] if r.faces else float("nan") for r in results]
+        sides[anchor] = [r.faces[0].square.side if r.faces else float("nan") for r in results]
     on, off = np.array(sides[True]), np.array(sides[False])
     assert np.all(np.abs(on / on[0] - 1) < 0.02), on
     assert not np.all(off[1:5] / off[0] < 1.1), off  # unanchored: grows (or is lost)
@@ -124,7 +124,7 @@ def test_anchored_framing_keeps_the_detector_framing_of_a_biased_model(tmp_path)
 
 # --- the trained model on the sample stream ----------------------------------------------------
 def _nme(face, truth):
-    from runtime.live.sample import nme
+    from facemtl.runtime.live.sample import nme
 
     return nme(face.landmarks, truth)
 
@@ -205,7 +205,7 @@ def test_landmark_head_is_required(tmp_path):
     model = write_constant_onnx(tmp_path / "nolandmarks.onnx", spec=spec)
     with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(model_path=model, detector="none",
                                                               running_mode=RunningMode.VIDEO)) as a:
-        from runtime.spec import SpecError
+        from facemtl.runtime.spec import SpecError
 
         with pytest.raises(SpecError, match="landmark"):
             a.analyze_for_video(np.zeros((48, 64, 3), np.uint8), 0)

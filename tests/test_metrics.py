@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.evaluate import confident_errors, contradicted
-from train.metrics import bootstrap_ci, calibration, class_metrics, landmark_metrics
+from facemtl.train.evaluate import confident_errors, contradicted
+from facemtl.train.metrics import bootstrap_ci, calibration, class_metrics, landmark_metrics
 
 
 def test_accuracy_interval_matches_the_binomial_spread_and_is_reproducible():
@@ -72,10 +72,10 @@ def test_calibration_is_zero_for_honest_scores_and_names_the_lean():
 def test_scores_are_broken_down_by_image_folder_when_a_split_mixes_several():
     from pathlib import Path
 
-    from runtime.mtfl import Annotations
-    from runtime.spec import default_spec
-    from train.evaluate import score
-    from train.mtfl import Images
+    from facemtl.runtime.mtfl import Annotations
+    from facemtl.runtime.spec import default_spec
+    from facemtl.train.evaluate import score
+    from facemtl.train.mtfl import Images
 
     rng = np.random.default_rng(0)
     n = 12

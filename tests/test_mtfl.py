@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.mtfl import (AnnotationError, DataError, load_images, load_split, parse_line, read_annotations,
+from facemtl.train.mtfl import (AnnotationError, DataError, load_images, load_split, parse_line, read_annotations,
                         split_train_val, validation_mask)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backends import load_backend
-from runtime.spec import ModelSpec
+from facemtl.runtime.backends import load_backend
+from facemtl.runtime.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGED = ROOT / "runtime" / "models"
@@ -18,8 +18,8 @@ PACKAGED = ROOT / "runtime" / "models"
 
 @pytest.fixture(scope="module")
 def crops_and_truth(mtfl_dir):
-    from train.evaluate import canonical_crops, split_annotations
-    from train.mtfl import load_images
+    from facemtl.train.evaluate import canonical_crops, split_annotations
+    from facemtl.train.mtfl import load_images
 
     ann = split_annotations(mtfl_dir, "validation")
     data = load_images(ann.subset(np.arange(0, len(ann), 4)))  # 254 held-out faces
@@ -31,8 +31,8 @@ def crops_and_truth(mtfl_dir):
 @pytest.mark.slow
 def test_packaged_files_agree_with_the_keras_model_per_head(crops_and_truth):
     pytest.importorskip("keras")
-    from train.evaluate import keras_predictor, score
-    from train.model import load_model
+    from facemtl.train.evaluate import keras_predictor, score
+    from facemtl.train.model import load_model
 
     spec, data, x, mats = crops_and_truth
     keras_out = keras_predictor(load_model(ROOT / "models" / "default" / "model.keras"))(x)
@@ -57,8 +57,8 @@ def test_packaged_files_agree_with_the_keras_model_per_head(crops_and_truth):
 
 def test_packaged_model_landmarks_land_on_the_faces(crops_and_truth):
     """No TensorFlow needed: the int8 file alone, its landmarks mapped back to image pixels."""
-    from runtime.preprocess import to_image
-    from train.metrics import nme_per_face
+    from facemtl.runtime.preprocess import to_image
+    from facemtl.train.metrics import nme_per_face
 
     spec, data, x, mats = crops_and_truth
     backend = load_backend(PACKAGED / "facemtl_int8.tflite")

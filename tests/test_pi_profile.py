@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.calibration import read_landmark_file, spread_subset
+from facemtl.runtime.calibration import read_landmark_file, spread_subset
 from runtime_models import ROOT, calibrated_spec, trained_model
 
 pytestmark = pytest.mark.slow
@@ -32,9 +32,9 @@ def tflite_model(tmp_path: Path) -> tuple[Path, bool]:
     if path is not None and path.suffix == ".tflite":
         return path, True
     pytest.importorskip("tensorflow", reason="needs TensorFlow here to export a test .tflite model")
-    from convert.export import ExportContext, export
-    from runtime.formats import get_format
-    from train.model import build_model
+    from facemtl.convert.export import ExportContext, export
+    from facemtl.runtime.formats import get_format
+    from facemtl.train.model import build_model
 
     spec = calibrated_spec()
     model = build_model(spec, width=8)
@@ -65,18 +65,19 @@ def test_raspberry_pi_profile_runs_predict_without_tensorflow(tmp_path, mtfl_dir
         pytest.fail("installing the Pi profile failed:\n" + text[-3000:])
 
     probe = run([py, "-c", (
-        "import importlib.util as u, json, numpy, cv2, runtime\n"
+        "import importlib.util as u, json, numpy, cv2, facemtl.runtime as runtime\n"
         "print(json.dumps({m: u.find_spec(m) is not None for m in "
-        "['tensorflow', 'keras', 'ai_edge_litert', 'onnxruntime', 'tflite_runtime']}"
-        " | {'numpy': numpy.__version__, 'cv2': cv2.__version__, 'runtime': runtime.__file__}))")],
+        "['tensorflow', 'keras', 'ai_edge_litert', 'onnxruntime', 'tflite_runtime', 'runtime', 'train', 'convert']}"
+        " | {'numpy': numpy.__version__, 'cv2': cv2.__version__, 'runtime_file': runtime.__file__}))")],
         cwd=tmp_path, timeout=120)
     assert probe.returncode == 0, probe.stderr
     info = json.loads(probe.stdout)
     assert not info["tensorflow"] and not info["keras"], info
+    assert not info["runtime"] and not info["train"] and not info["convert"], info  # one top-level package
     assert info["tflite_runtime"] and not info["ai_edge_litert"] and not info["onnxruntime"], info
     assert info["numpy"].startswith("1."), info
     assert info["cv2"].startswith("4."), info
-    assert str(env_dir) in info["runtime"]  # the installed package, not this checkout
+    assert str(env_dir) in info["runtime_file"]  # the installed package, not this checkout
 
     # LFW images (head and shoulders, 250x250): room around the face for Haar's windows,
     # unlike AFLW's tight test crops. An install check, not a benchmark.

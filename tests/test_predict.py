@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.calibration import read_landmark_file
-from runtime.cli import main
-from runtime.preprocess import canonical_square
-from runtime.spec import CropPolicy
+from facemtl.runtime.calibration import read_landmark_file
+from facemtl.runtime.cli import main
+from facemtl.runtime.preprocess import canonical_square
+from facemtl.runtime.spec import CropPolicy
 from runtime_models import ROOT, write_constant_onnx
 
 
@@ -41,12 +41,13 @@ def read_lines(text: str) -> list[dict]:
 
 
 def check_face(face: dict):
-    assert set(face) == {"box", "score", "landmarks", "attributes"}
+    assert set(face) == {"box", "score", "square", "landmarks", "attributes"}
     assert len(face["box"]) == 4 and 0 <= face["score"] <= 1
     assert np.array(face["landmarks"]).shape == (5, 2)
     assert set(face["attributes"]) == {"gender", "smile", "glasses", "pose"}
     for a in face["attributes"].values():
-        assert set(a) == {"label", "score"} and isinstance(a["label"], str) and 0 < a["score"] <= 1
+        assert set(a) == {"label", "score", "scores"} and isinstance(a["label"], str) and 0 < a["score"] <= 1
+        assert a["scores"][a["label"]] == a["score"] == max(a["scores"].values())
 
 
 def test_predict_folder_to_stdout(model, images, capsys):
@@ -114,7 +115,7 @@ class _SlowFirst:
 def test_parallel_workers_keep_input_order_and_errors(model, tmp_path, capsys, monkeypatch):
     """Several workers: one line per image, in input order, errors in their place, exit 1,
     and the same lines as one worker (the first images are made slowest, so they finish last)."""
-    from runtime import commands
+    from facemtl.runtime import commands
 
     rng = np.random.default_rng(1)
     d = tmp_path / "many"
@@ -180,7 +181,7 @@ def test_wrong_model_files(tmp_path, images, capsys):
 
 
 def test_predict_as_a_subprocess(model, images):
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "predict", "--model", str(model), "--detector", "none",
+    r = subprocess.run([sys.executable, "-m", "facemtl", "predict", "--model", str(model), "--detector", "none",
                         str(images / "a_colour.jpg")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     (line,) = read_lines(r.stdout)

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import preprocess as pp
-from runtime.spec import LANDMARK_FLIP, POSE_FLIP, InputSpec, default_spec
+from facemtl.runtime import preprocess as pp
+from facemtl.runtime.spec import LANDMARK_FLIP, POSE_FLIP, InputSpec, default_spec
 
 
 def blob_image(x0, y0, shape=(240, 320), sigma=3.0):
@@ -87,7 +87,7 @@ def test_canonical_square_is_rotation_invariant_in_size():
 
 @pytest.fixture(scope="module")
 def real_faces(mtfl_dir):
-    from train.mtfl import load_images, load_split
+    from facemtl.train.mtfl import load_images, load_split
 
     ann = load_split(mtfl_dir, "training")
     pick = np.flatnonzero(ann.labels["pose"] == 2)[::700][:12]  # frontal faces, LFW and net_7876
@@ -96,7 +96,7 @@ def real_faces(mtfl_dir):
 
 def test_pipeline_crops_are_the_runtime_crops(real_faces):
     """Train/serve parity: the tf.data side calls the runtime's code, bit for bit."""
-    from train.pipeline import FaceSource
+    from facemtl.train.pipeline import FaceSource
 
     spec = default_spec()
     src = FaceSource(real_faces, spec, augment=None)
@@ -110,7 +110,7 @@ def test_pipeline_crops_are_the_runtime_crops(real_faces):
 
 
 def test_pipeline_tensors_match_runtime_through_tf_data(real_faces):
-    from train.pipeline import FaceSource, make_dataset
+    from facemtl.train.pipeline import FaceSource, make_dataset
 
     spec = default_spec()
     ds = make_dataset(FaceSource(real_faces, spec, None), batch_size=5, shuffle=False)
@@ -125,7 +125,7 @@ def test_augmented_targets_sit_on_the_features(real_faces, flip):
     """Draw a mark on one landmark of a real face, augment (roll, scale, shift, flip), and find
     the mark in the crop: it must sit on the target of that landmark, or of its mirror twin
     after a flip; the pose label mirrors with it."""
-    from train.pipeline import Augment, make_example
+    from facemtl.train.pipeline import Augment, make_example
 
     spec = default_spec()
     aug = Augment(flip=flip, rotate=18, scale=0.12, shift=0.08, brightness=0, contrast=0, gamma=0, blur=0, noise=0)
@@ -152,7 +152,7 @@ def test_random_erasing_covers_one_rectangle_and_keeps_the_targets(real_faces):
     of the crop and the landmark targets are what they would be without it."""
     import dataclasses
 
-    from train.pipeline import Augment, erase, make_example, photometric
+    from facemtl.train.pipeline import Augment, erase, make_example, photometric
 
     rng = np.random.default_rng(0)
     flat = np.full((40, 40), 128.0, np.float32)

@@ -21,4 +21,4 @@ def test_packaged_default_model_is_in_the_package_data():
     models = ROOT / "runtime" / "models"
     assert (models / "facemtl_int8.tflite").stat().st_size > 100_000
     assert (models / "facemtl_fp32.onnx").stat().st_size > 100_000
-    assert '"models/*"' in (ROOT / "pyproject.toml").read_text()
+    assert '"models/*.tflite", "models/*.onnx"' in (ROOT / "pyproject.toml").read_text()

@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import analyzer as A
-from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
-from runtime.artifact import ModelFileError
-from runtime.backends import load_backend
-from runtime.detectors import Detection, Detector, WholeImage, calibrated_square
-from runtime.preprocess import ImageError, crop_matrix, to_image
-from runtime.results import FrameResult
-from runtime.spec import BoxCalibration, SpecError
+from facemtl.runtime import analyzer as A
+from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
+from facemtl.runtime.artifact import ModelFileError
+from facemtl.runtime.backends import load_backend
+from facemtl.runtime.detectors import Detection, Detector, WholeImage, calibrated_square
+from facemtl.runtime.preprocess import ImageError, crop_matrix, to_image
+from facemtl.runtime.results import FrameResult
+from facemtl.runtime.spec import BoxCalibration, SpecError
 from runtime_models import CALIBRATIONS, MEAN_SHAPE, calibrated_spec, trained_model, write_constant_onnx
 
 
@@ -73,9 +73,10 @@ def test_create_from_model_path_and_context_manager(model):
         assert face.landmarks.shape == (5, 2)
         assert set(face.attributes) == {"gender", "smile", "glasses", "pose"}
         # the constant model's last class wins: female, not_smiling, no_glasses, right_profile
-        assert face.attributes["pose"].label == "right_profile" and face.attributes["pose"].index == 4
+        assert face.attributes["pose"].top.category_name == "right_profile" and face.attributes["pose"].top.index == 4
         p = np.exp(np.linspace(0, 1, 5)) / np.exp(np.linspace(0, 1, 5)).sum()
-        assert face.attributes["pose"].score == pytest.approx(p[-1], rel=1e-5)
+        assert face.attributes["pose"].top.score == pytest.approx(p[-1], rel=1e-5)
+        np.testing.assert_allclose(face.attributes["pose"].probabilities, p, rtol=1e-5)
         assert set(r.stages_ms) >= {"detect", "crop", "infer"} and r.latency_ms > 0
     with pytest.raises(ValueError, match="closed"):
         fa.analyze(np.zeros((60, 60), np.uint8))
@@ -134,13 +135,13 @@ def test_plain_haar_is_the_running_modes_setting(model):
     """IMAGE mode: the thorough Haar setting; VIDEO mode: the upright frontal cascade alone,
     since tracking follows faces between detections. A named setting is kept in either mode."""
     with FaceAnalyzer.create_from_model_path(model) as fa:
-        assert fa.detector.profile and fa.detector.rotations and fa.detector.max_side == 288
+        assert fa._detector.profile and fa._detector.rotations and fa._detector.max_side == 288
     with FaceAnalyzer.create_from_model_path(model, running_mode=RunningMode.VIDEO) as fa:
-        assert not fa.detector.profile and not fa.detector.rotations and fa.detector.max_side == 240
+        assert not fa._detector.profile and not fa._detector.rotations and fa._detector.max_side == 240
     with FaceAnalyzer.create_from_model_path(model, detector="haar:all", running_mode=RunningMode.VIDEO) as fa:
-        assert fa.detector.profile and not fa.detector.fallback
+        assert fa._detector.profile and not fa._detector.fallback
     with FaceAnalyzer.create_from_model_path(model, running_mode=RunningMode.VIDEO, detection_max_side=320) as fa:
-        assert fa.detector.max_side == 320
+        assert fa._detector.max_side == 320
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def test_packaged_default_model(monkeypatch, tmp_path, model):
     (tmp_path / "facemtl_fp32.onnx").write_bytes(model.read_bytes())
     assert A.default_model_path() == tmp_path / "facemtl_fp32.onnx"
     with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(detector="none")) as fa:
-        assert fa.backend.path == tmp_path / "facemtl_fp32.onnx"
+        assert fa._backend.path == tmp_path / "facemtl_fp32.onnx"
     # the int8 TFLite file comes first where a TFLite interpreter is installed
     (tmp_path / "facemtl_int8.tflite").write_bytes(b"x")
     want = "facemtl_int8.tflite" if A._interpreter_installed(".tflite") else "facemtl_fp32.onnx"
@@ -276,7 +277,7 @@ def test_trained_landmarks_land_on_the_true_features(mtfl_dir, yunet_path):
     path = trained_model()
     if path is None:
         pytest.skip("no trained model yet (runtime/models/facemtl_int8.tflite or models/default/*.tflite|onnx)")
-    from runtime.calibration import read_landmark_file, spread_subset
+    from facemtl.runtime.calibration import read_landmark_file, spread_subset
 
     paths, pts = read_landmark_file(mtfl_dir / "testing.txt", mtfl_dir)
     keep = spread_subset(len(paths), 60)

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import calibration as C
-from runtime.cli import main
-from runtime.detectors import Detection, Detector, YuNetDetector, create_detector
-from runtime.preprocess import canonical_square
-from runtime.spec import BoxCalibration, CropPolicy, ModelSpec, default_spec
+from facemtl.runtime import calibration as C
+from facemtl.runtime.cli import main
+from facemtl.runtime.detectors import Detection, Detector, YuNetDetector, create_detector
+from facemtl.runtime.preprocess import canonical_square
+from facemtl.runtime.spec import BoxCalibration, CropPolicy, ModelSpec, default_spec
 
 POLICY = CropPolicy()
 

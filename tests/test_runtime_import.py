@@ -16,12 +16,13 @@ def test_runtime_imports_without_tensorflow(tmp_path):
     code = textwrap.dedent(
         """
         import sys
-        import runtime, runtime.analyzer, runtime.detectors, runtime.commands, runtime.calibration
-        import runtime.cli, runtime.results, runtime.preprocess, runtime.spec
-        parser = runtime.cli.build_parser()
+        import facemtl, facemtl.runtime.analyzer, facemtl.runtime.detectors, facemtl.runtime.commands, facemtl.runtime.calibration
+        import facemtl.runtime.cli, facemtl.runtime.results, facemtl.runtime.preprocess, facemtl.runtime.spec
+        parser = facemtl.runtime.cli.build_parser()
         names = set(parser._subparsers._group_actions[0].choices)
         assert {"predict", "calibrate", "demo"} <= names, names
-        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "train", "convert"))
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")
+                     or m.startswith(("facemtl.train", "facemtl.convert")))
         assert not bad, bad
         print("ok")
         """
@@ -32,6 +33,6 @@ def test_runtime_imports_without_tensorflow(tmp_path):
 
 
 def test_predict_help_runs_without_tensorflow(tmp_path):
-    r = run_blocked("import sys, runtime.cli; sys.exit(runtime.cli.main(['predict', '--help']))", tmp_path)
+    r = run_blocked("import sys, facemtl.runtime.cli; sys.exit(facemtl.runtime.cli.main(['predict', '--help']))", tmp_path)
     assert r.returncode == 0, r.stderr
     assert "--detector" in r.stdout and "yunet:PATH" in r.stdout

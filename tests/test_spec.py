@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from runtime.spec import (BoxCalibration, HeadSpec, ModelSpec, QuantParams, SpecError, default_spec)
+from facemtl.runtime.spec import (BoxCalibration, HeadSpec, ModelSpec, QuantParams, SpecError, default_spec)
 
 
 def test_json_round_trip_keeps_everything():

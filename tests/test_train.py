@@ -17,9 +17,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from runtime.spec import default_spec  # noqa: E402
-from train.heads import MultiHead, make_head  # noqa: E402
-from train.model import FaceMTL, ModelFileError, build_model, load_model  # noqa: E402
+from facemtl.runtime.spec import default_spec  # noqa: E402
+from facemtl.train.heads import MultiHead, make_head  # noqa: E402
+from facemtl.train.model import FaceMTL, ModelFileError, build_model, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,8 @@ def test_stem_first_block_features_and_head_hidden_options_round_trip():
 
 
 def test_crop_scale_option_reaches_the_spec_the_model_carries():
-    from train.config import TrainConfig
-    from train.fit import run_spec
+    from facemtl.train.config import TrainConfig
+    from facemtl.train.fit import run_spec
 
     assert run_spec(TrainConfig(data=Path("."), out=Path("."))).crop.scale == default_spec().crop.scale
     spec = run_spec(TrainConfig(data=Path("."), out=Path("."), crop_scale=4.5))
@@ -83,8 +83,8 @@ def test_crop_scale_option_reaches_the_spec_the_model_carries():
 
 
 def test_input_size_option_reaches_the_spec_and_the_model_input():
-    from train.config import TrainConfig
-    from train.fit import run_spec
+    from facemtl.train.config import TrainConfig
+    from facemtl.train.fit import run_spec
 
     assert run_spec(TrainConfig(data=Path("."), out=Path("."))).input.size == 40
     spec = run_spec(TrainConfig(data=Path("."), out=Path("."), input_size=64))
@@ -97,7 +97,7 @@ def test_input_size_option_reaches_the_spec_and_the_model_input():
 
 
 def test_pose_sampling_weights_pool_mirrors_and_equalise_at_one():
-    from train.pipeline import pose_sampling_weights
+    from facemtl.train.pipeline import pose_sampling_weights
 
     pose = np.array([0] * 10 + [1] * 40 + [2] * 400 + [3] * 60 + [4] * 30)
     assert np.allclose(pose_sampling_weights(pose, 0.0), 1.0)
@@ -113,7 +113,7 @@ def test_pose_sampling_weights_pool_mirrors_and_equalise_at_one():
 
 
 def test_weighted_dataset_draws_by_weight_and_redraws_each_epoch():
-    from train.pipeline import make_dataset
+    from facemtl.train.pipeline import make_dataset
 
     class Source:  # make_dataset needs only len(), .spec and .batch(index, draw)
         spec = default_spec()
@@ -143,7 +143,7 @@ def test_weighted_dataset_draws_by_weight_and_redraws_each_epoch():
 
 
 def test_class_priors_follow_the_resampling():
-    from train.fit import class_priors
+    from facemtl.train.fit import class_priors
 
     class Ann:  # class_priors reads only .labels of the loader's annotations
         labels = {"gender": np.array([0, 0, 0, 1]), "pose": np.array([2, 2, 2, 0])}
@@ -180,7 +180,7 @@ def test_multihead_refuses_wrong_weights():
 
 
 def test_landmark_loss_is_the_nme():
-    from train.heads import NME, LandmarkLoss
+    from facemtl.train.heads import NME, LandmarkLoss
 
     true = np.array([[0.3, 0.4, 0.7, 0.4, 0.5, 0.6, 0.35, 0.75, 0.65, 0.75]], np.float32)
     pred = true + np.array([[0.04, 0, 0, 0, 0, 0, 0, 0, 0, 0]], np.float32)
@@ -197,7 +197,7 @@ POSE_PRIOR = np.array([0.0136, 0.1113, 0.7445, 0.1111, 0.0195])  # MTFL training
 def _optimum_checks(smooth_to: str):
     """The raw logits that minimise the balanced pose loss for a frontal face, and the loss
     there and one small step away along each logit."""
-    from train.heads import AdjustedCE
+    from facemtl.train.heads import AdjustedCE
 
     eps, y = 0.05, 2
     ce = AdjustedCE(5, eps, POSE_PRIOR.tolist(), smooth_to=smooth_to)
@@ -227,7 +227,7 @@ def test_uniform_smoothing_with_balance_favours_the_rare_classes_in_raw_scores()
 
 
 def test_adjusted_ce_config_round_trips_and_old_configs_smooth_uniformly():
-    from train.heads import AdjustedCE
+    from facemtl.train.heads import AdjustedCE
 
     ce = AdjustedCE(5, 0.05, POSE_PRIOR.tolist(), smooth_to="prior")
     assert AdjustedCE.from_config(ce.get_config()).smooth_to == "prior"
@@ -239,14 +239,14 @@ def test_adjusted_ce_config_round_trips_and_old_configs_smooth_uniformly():
 
 def facemtl(*args, **kw):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "facemtl", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=ROOT, **kw)
 
 
 @pytest.mark.slow
 def test_tiny_train_export_load_evaluate(tiny_mtfl, tmp_path):
-    from train.evaluate import evaluate, keras_predictor
-    from train.fit import TrainConfig, train
+    from facemtl.train.evaluate import evaluate, keras_predictor
+    from facemtl.train.fit import TrainConfig, train
 
     run = tmp_path / "run"
     res = train(TrainConfig(data=tiny_mtfl, out=run, epochs=3, batch_size=32, width=8, verbose=0))
@@ -280,7 +280,7 @@ def test_tiny_train_export_load_evaluate(tiny_mtfl, tmp_path):
 def test_ema_averages_the_exported_weights_not_the_training(tiny_mtfl, tmp_path):
     """With --ema the exported model holds the moving average of the weights; training itself
     follows the same path (BatchNorm statistics, which are not averaged, come out identical)."""
-    from train.fit import TrainConfig, train
+    from facemtl.train.fit import TrainConfig, train
 
     models = {}
     for ema in (0.0, 0.5):
@@ -317,7 +317,10 @@ def test_cli_train_subset_of_heads_and_evaluate_json(tiny_mtfl, tmp_path):
     r = facemtl("train", "--data", tiny_mtfl, "--out", one, "--epochs", 1, "--width", 8, "--heads", "gender",
                 "--calibrate", "")
     assert r.returncode == 0, r.stderr
-    assert "gender/accuracy" in r.stdout
+    assert "gender/accuracy" in r.stderr  # the per-epoch table is logged (stderr)
+    r = facemtl("--quiet", "train", "--data", tiny_mtfl, "--out", tmp_path / "quiet", "--epochs", 1, "--width", 8,
+                "--heads", "gender", "--calibrate", "")
+    assert r.returncode == 0 and "gender/accuracy" not in r.stderr, r.stderr
     val = json.loads((one / "train.json").read_text())["val"]
     assert set(val) == {"val/gender/accuracy", "val/loss"}
     # an existing run is not overwritten by accident
@@ -354,7 +357,7 @@ def _epochs_done(history: Path) -> list[int]:
 @pytest.mark.slow
 def test_resume_after_sigkill_loses_at_most_one_epoch(tiny_mtfl, tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "runtime.cli", "train", "--data", str(tiny_mtfl), "--out", str(run),
+    args = [sys.executable, "-m", "facemtl", "train", "--data", str(tiny_mtfl), "--out", str(run),
             "--epochs", "12", "--width", "8", "--batch-size", "16", "--calibrate", ""]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -378,7 +381,7 @@ def test_resume_after_sigkill_loses_at_most_one_epoch(tiny_mtfl, tmp_path):
 
 @pytest.mark.slow
 def test_mirrored_strategy_on_one_device(tiny_mtfl, tmp_path):
-    from train.fit import TrainConfig, train
+    from facemtl.train.fit import TrainConfig, train
 
     res = train(TrainConfig(data=tiny_mtfl, out=tmp_path / "run", epochs=1, batch_size=32, width=8, verbose=0,
                             strategy="mirrored"))
@@ -387,7 +390,7 @@ def test_mirrored_strategy_on_one_device(tiny_mtfl, tmp_path):
 
 
 def test_multiworker_needs_a_cluster(monkeypatch):
-    from train.fit import RunError, make_strategy
+    from facemtl.train.fit import RunError, make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(RunError, match="TF_CONFIG"):

@@ -3,15 +3,17 @@ per-head progress table."""
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 
 import keras
 
-from runtime.io import atomic_path
-from train.heads import MultiHead
+from facemtl.runtime.io import atomic_path
+from facemtl.train.heads import MultiHead
+
+log = logging.getLogger(__name__)
 
 
 class AtomicBestWeights(keras.callbacks.Callback):
@@ -37,11 +39,10 @@ class AtomicBestWeights(keras.callbacks.Callback):
 class HeadTable(keras.callbacks.Callback):
     """One line per epoch with each head's validation metric (`landmarks/nme`, `pose/accuracy`)."""
 
-    def __init__(self, head_names, epochs: int, stream=None):
+    def __init__(self, head_names, epochs: int):
         super().__init__()
         self.head_names = tuple(head_names)
         self.epochs = epochs
-        self.stream = stream or sys.stdout
         self._t0 = time.time()
         self._best = math.inf
 
@@ -61,4 +62,4 @@ class HeadTable(keras.callbacks.Callback):
         if vl < self._best:
             self._best = vl
             parts.append("*")
-        print("  ".join(parts), file=self.stream, flush=True)
+        log.info("  ".join(parts))

@@ -10,13 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.cli import CommandError
-from runtime.mirror import FLIP_AVERAGE_HELP
-from runtime.spec import CropPolicy, InputSpec
+from facemtl.runtime.cli import CommandError
+from facemtl.runtime.mirror import FLIP_AVERAGE_HELP
+from facemtl.runtime.spec import CropPolicy, InputSpec
 
 
 def _data_dir(value: str | None) -> Path:
-    from train.mtfl import default_data_dir
+    from facemtl.train.mtfl import default_data_dir
 
     d = Path(value) if value else default_data_dir()
     if d is None:
@@ -42,13 +42,13 @@ def _weights(text: str) -> dict[str, float]:
 
 
 def _quiet_tensorflow() -> None:
-    from train.quiet import import_tensorflow
+    from facemtl.train.quiet import import_tensorflow
 
     import_tensorflow()
 
 
 def register_train(sub) -> None:
-    from train.config import SMOOTH_TO, TrainConfig
+    from facemtl.train.config import SMOOTH_TO, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
     p = sub.add_parser("train", help="train the multi-task model on MTFL",
@@ -83,7 +83,7 @@ def register_train(sub) -> None:
                    help="face framing: landmarks (default) or image (whole image resized: the original blog's recipe)")
     p.add_argument("--smooth-to", default=d.smooth_to, choices=SMOOTH_TO,
                    help="where label smoothing spreads its mass on the balanced heads: the class prior (default: "
-                        "no bonus for rare classes in the raw scores) or uniform (Keras's; runs 1-17 of the README)")
+                        "no bonus for rare classes in the raw scores) or uniform (Keras's; runs 1-17 in docs/experiments.md)")
     p.add_argument("--balance", type=_names, default=d.balance,
                    help="heads whose losses are logit-adjusted by the training class frequencies, so that "
                         "the majority class does not win by default (default: gender,pose; '' for none)")
@@ -92,7 +92,7 @@ def register_train(sub) -> None:
     p.add_argument("--crop-scale", type=float, default=d.crop_scale,
                    help="side of the face square in RMS radii of the five landmarks (default: the spec's "
                         f"{CropPolicy().scale}; "
-                        "larger shows more hair and chin at a lower landmark resolution; runs 1-22 of the README used 3.6)")
+                        "larger shows more hair and chin at a lower landmark resolution; runs 1-22 in docs/experiments.md used 3.6)")
     p.add_argument("--input-size", type=int, default=d.input_size,
                    help=f"side of the model input in pixels (default: the spec's {InputSpec().size}; the issue's "
                         "contract is 40x40, a larger input costs latency roughly with its pixel count)")
@@ -111,9 +111,9 @@ def register_train(sub) -> None:
 
 def _run_train(args) -> int:
     _quiet_tensorflow()
-    from train.config import TrainConfig
-    from train.fit import RunError, train
-    from train.mtfl import AnnotationError, DataError
+    from facemtl.train.config import TrainConfig
+    from facemtl.train.fit import RunError, train
+    from facemtl.train.mtfl import AnnotationError, DataError
 
     cfg = TrainConfig(
         data=_data_dir(args.data), out=args.out, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
@@ -138,7 +138,7 @@ def _run_train(args) -> int:
 
 
 def _calibrate_after_training(spec_path: Path, data: Path, detectors: str) -> None:
-    from runtime.calibration import calibrate_spec_file
+    from facemtl.runtime.calibration import calibrate_spec_file
 
     # 1,000 faces spread over training.txt (the fit is a median): half the time of the
     # 2,000 that `facemtl calibrate` takes by default; the Haar cascades dominate it
@@ -162,10 +162,10 @@ def register_evaluate(sub) -> None:
 
 def _run_evaluate(args) -> int:
     _quiet_tensorflow()
-    from runtime.spec import ModelSpec, SpecError
-    from train.evaluate import evaluate, keras_predictor, write_json
-    from train.model import ModelFileError, load_model
-    from train.mtfl import AnnotationError, DataError
+    from facemtl.runtime.spec import ModelSpec, SpecError
+    from facemtl.train.evaluate import evaluate, keras_predictor, write_json
+    from facemtl.train.model import ModelFileError, load_model
+    from facemtl.train.mtfl import AnnotationError, DataError
 
     try:
         model = load_model(args.model)

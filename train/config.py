@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_TRUNK = "mtfl"
-SMOOTH_TO = ("uniform", "prior")  # where label smoothing spreads its mass (train.heads.ClassificationHead)
+SMOOTH_TO = ("uniform", "prior")  # where label smoothing spreads its mass (facemtl.train.heads.ClassificationHead)
 
 
 @dataclass
@@ -34,15 +34,15 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     augment: bool = True
-    erase: float = 0.0                     # probability of random erasing per face (train.pipeline.Augment)
+    erase: float = 0.0                     # probability of random erasing per face (facemtl.train.pipeline.Augment)
     skip_bad: bool = False
     resume: bool = False
     strategy: str = "default"
     monitor: str = "val_loss"
     landmark_loss: str = "nme"
     label_smoothing: float = 0.05               # also bounds the logits, which int8 outputs need
-    # where the smoothing goes on balanced heads (train.heads.ClassificationHead): "prior" since
-    # the seed study of runs 18-20 (README); runs 1-17 and the models before it used "uniform"
+    # where the smoothing goes on balanced heads (facemtl.train.heads.ClassificationHead): "prior" since
+    # the seed study of runs 18-20 (docs/experiments.md); runs 1-17 and the models before it used "uniform"
     smooth_to: str = "prior"
     # heads trained with logit-adjusted losses (see ClassificationHead): those whose training
     # classes are far from uniform and whose rare classes matter (58% male, 74% frontal)
@@ -54,7 +54,7 @@ class TrainConfig:
     crop_scale: float = 0.0                # side of the face square in RMS landmark radii (0: the spec's, 3.0)
     # side of the square model input in pixels (0: the spec's 40). The runtime, the converter
     # and evaluation all read it from the spec, so a larger input needs nothing else; it costs
-    # latency roughly with the pixel count (README, run 37)
+    # latency roughly with the pixel count (docs/experiments.md, run 37)
     input_size: int = 0
     limit: int = 0                         # use only the first N training faces (smoke runs)
     verbose: int = 1

@@ -1,7 +1,7 @@
 """Per-head evaluation on an MTFL split: `facemtl evaluate`.
 
 Faces are cropped by the documented crop policy: the canonical square of the annotated
-landmarks (`runtime.preprocess.canonical_square`), exactly as validation crops are cut in
+landmarks (`facemtl.runtime.preprocess.canonical_square`), exactly as validation crops are cut in
 training. Landmarks are decoded back to pixels of the original image and scored there.
 """
 
@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.preprocess import crop, face_square, normalize, to_image
-from runtime.spec import REGRESSION, ModelSpec
-from train.metrics import calibration, class_metrics, landmark_metrics, nme_per_face
-from train.mtfl import Images, load_images, load_split, split_train_val
+from facemtl.runtime.preprocess import crop, face_square, normalize, to_image
+from facemtl.runtime.spec import REGRESSION, ModelSpec
+from facemtl.train.metrics import calibration, class_metrics, landmark_metrics, nme_per_face
+from facemtl.train.mtfl import Images, load_images, load_split, split_train_val
 
 Predictor = Callable[[np.ndarray], dict]  # (N, S, S, 1) normalised crops -> {head: (N, units)}
 
@@ -145,14 +145,14 @@ def contradicted(probabilities: np.ndarray, true_ids: np.ndarray, below: float =
 
 
 def _nme_summary(nme: np.ndarray) -> dict:
-    from train.metrics import FAILURE_NME
+    from facemtl.train.metrics import FAILURE_NME
 
     return {"faces": int(len(nme)), "nme": float(nme.mean()), "failure_rate": float(100 * (nme > FAILURE_NME).mean())}
 
 
 def _by_pose(nme: np.ndarray, pose: np.ndarray) -> dict[str, dict]:
     """NME and failure rate per annotated pose class: where the landmark error comes from."""
-    from runtime.spec import default_spec
+    from facemtl.runtime.spec import default_spec
 
     labels = default_spec().head("pose").labels
     return {labels[k]: _nme_summary(nme[pose == k]) for k in range(len(labels)) if (pose == k).any()}
@@ -173,9 +173,9 @@ def split_annotations(data_dir: Path, split: str, val_fraction: float = 0.1):
 def evaluate(predict: Predictor, spec: ModelSpec, data_dir: Path, split: str = "testing", skip_bad: bool = False,
              plots: Path | None = None, progress: bool = True, flip_average: bool = False) -> EvalReport:
     """Metrics of `predict` on a split; with `flip_average`, of `predict` run on each face and
-    its mirror image, the answers averaged (`runtime.mirror.flip_averaged`, as the runtime does)."""
+    its mirror image, the answers averaged (`facemtl.runtime.mirror.flip_averaged`, as the runtime does)."""
     if flip_average:
-        from runtime.mirror import flip_averaged
+        from facemtl.runtime.mirror import flip_averaged
 
         predict = flip_averaged(predict, spec)
     t0 = time.time()
@@ -188,14 +188,14 @@ def evaluate(predict: Predictor, spec: ModelSpec, data_dir: Path, split: str = "
     report = EvalReport(split, len(data), crop_desc, heads,
                         time.time() - t0, data.skipped, flip_average)
     if plots is not None:
-        from train.plots import write_plots
+        from facemtl.train.plots import write_plots
 
         write_plots(Path(plots), spec, report, data, outputs, mats)
     return report
 
 
 def write_json(report: EvalReport, path: Path) -> None:
-    from runtime.io import atomic_write_text
+    from facemtl.runtime.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
 

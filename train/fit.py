@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -24,9 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.io import atomic_write_text
-from runtime.spec import ModelSpec, default_spec
-from train.config import TrainConfig
+from facemtl.runtime.io import atomic_write_text
+from facemtl.runtime.spec import ModelSpec, default_spec
+from facemtl.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +82,7 @@ def class_priors(ann, spec: ModelSpec, heads, sample_weights=None) -> dict[str, 
     `sample_weights`, as resampled (see `pose_sampling_weights`)."""
     import numpy as np
 
-    from train.pipeline import pose_counts
+    from facemtl.train.pipeline import pose_counts
 
     priors = {}
     for h in spec.heads:
@@ -111,11 +114,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     import numpy as np
     import tensorflow as tf
 
-    from train import callbacks as cb
-    from train.heads import MultiHead
-    from train.model import build_model, save_model
-    from train.mtfl import load_images, load_split, split_train_val
-    from train.pipeline import Augment, FaceSource, make_dataset, pose_sampling_weights
+    from facemtl.train import callbacks as cb
+    from facemtl.train.heads import MultiHead
+    from facemtl.train.model import build_model, save_model
+    from facemtl.train.mtfl import load_images, load_split, split_train_val
+    from facemtl.train.pipeline import Augment, FaceSource, make_dataset, pose_sampling_weights
 
     started = time.time()
     out = Path(cfg.out)
@@ -123,7 +126,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if out.exists() and any(out.iterdir()) and not cfg.resume:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.resume and not backup.exists():
-        print(f"note: {out} has no backup to resume from; starting a new run", file=sys.stderr)
+        log.info("%s has no backup to resume from; starting a new run", out)
     out.mkdir(parents=True, exist_ok=True)
 
     spec = run_spec(cfg)
@@ -138,7 +141,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     va = load_images(va_ann, skip_bad=cfg.skip_bad, progress=progress)
     skipped = tr.skipped + va.skipped
     if skipped:
-        print(f"skipped {len(skipped)} unreadable image(s) (--skip-bad), e.g. {skipped[0]}", file=sys.stderr)
+        log.warning("skipped %d unreadable image(s) (--skip-bad), e.g. %s", len(skipped), skipped[0])
     if len(va) == 0:
         raise RunError(f"no validation faces: {len(ann)} faces with --val-fraction {cfg.val_fraction}")
 

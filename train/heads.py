@@ -3,7 +3,7 @@
 A head owns everything after the shared features: its output layer (named after the head,
 so the name survives into every exported format), its loss, its metrics. `MultiHead` is
 named heads plus a weighted sum of their losses; Keras's `compile`/`fit` own optimisation.
-Decoding raw outputs into predictions lives in `runtime.spec.HeadSpec.decode` (numpy), so
+Decoding raw outputs into predictions lives in `facemtl.runtime.spec.HeadSpec.decode` (numpy), so
 the runtime decodes exactly as evaluation does.
 """
 
@@ -15,8 +15,8 @@ from typing import Mapping
 import keras
 from keras import ops
 
-from runtime.spec import CLASSIFICATION, REGRESSION, HeadSpec, ModelSpec
-from train.config import SMOOTH_TO
+from facemtl.runtime.spec import CLASSIFICATION, REGRESSION, HeadSpec, ModelSpec
+from facemtl.train.config import SMOOTH_TO
 
 
 def _points(y, n_points: int):
@@ -125,7 +125,7 @@ class ClassificationHead(Head):
     before the seed study of runs 18-20 trained with it) spreads it evenly over the classes in
     the adjusted space, so the raw logits learn a bonus for each class inversely proportional
     to its prior: at 0.05 a frontal face's pose probability is about 0.44, with the runner-ups
-    the rare profiles, and at 0.15 the profiles win outright (README, run 16). "prior" (the
+    the rare profiles, and at 0.15 the profiles win outright (docs/experiments.md, run 16). "prior" (the
     training default) spreads it by the prior, which in the raw logits is an equal share for
     every wrong class.
     """

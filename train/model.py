@@ -11,10 +11,11 @@ from pathlib import Path
 
 import keras
 
-from runtime.spec import ModelSpec
-from train.heads import MultiHead
-from train.config import DEFAULT_TRUNK
-from train.trunks import build_trunk
+from facemtl.runtime.spec import ModelSpec
+from facemtl.train.heads import MultiHead
+from facemtl.train.config import DEFAULT_TRUNK
+from facemtl.train.trunks import build_trunk
+from facemtl.runtime.errors import ModelFileError  # noqa: F401 (re-exported)
 
 
 @keras.saving.register_keras_serializable("facemtl")
@@ -88,16 +89,12 @@ def build_model(spec: ModelSpec, trunk: str = DEFAULT_TRUNK, width: int = 32, dr
 def save_model(model: FaceMTL, path: str | Path) -> None:
     """Write `model.keras` atomically, weights and config only: an uncompiled copy, so the
     file carries no optimizer state (3x smaller) and loads without the training losses."""
-    from runtime.io import atomic_path
+    from facemtl.runtime.io import atomic_path
 
     clean = FaceMTL.from_config(model.get_config())
     clean.set_weights(model.get_weights())
     with atomic_path(path) as tmp:
         clean.save(tmp)
-
-
-class ModelFileError(ValueError):
-    """A path that is not a loadable facemtl Keras model."""
 
 
 def load_model(path: str | Path) -> FaceMTL:

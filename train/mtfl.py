@@ -1,6 +1,6 @@
 """The MTFL data set for training: splits, the validation part, decoded images; no TensorFlow.
 
-The annotation parser lives in `runtime.mtfl` (the runtime calibrates detectors on MTFL too).
+The annotation parser lives in `facemtl.runtime.mtfl` (the runtime calibrates detectors on MTFL too).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.mtfl import (ATTRIBUTES, MTFL_ORIGIN, AnnotationError, Annotations, DataError,  # noqa: F401
+from facemtl.runtime.mtfl import (ATTRIBUTES, MTFL_ORIGIN, AnnotationError, Annotations, DataError,  # noqa: F401
                           parse_line, read_annotations)
-from runtime.preprocess import ImageError, read_grey
+from facemtl.runtime.preprocess import ImageError, read_grey
 
 SPLITS = {"training": "training.txt", "testing": "testing.txt"}
 DATA_ENV = "FACEMTL_DATA"

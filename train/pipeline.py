@@ -1,7 +1,7 @@
 """tf.data pipeline over MTFL: crops by the runtime's own code, augmentation, batches.
 
-Every crop, training or not, is cut by `runtime.preprocess.crop` and normalised by
-`runtime.preprocess.normalize` inside a `tf.numpy_function`, so the pipeline cannot drift
+Every crop, training or not, is cut by `facemtl.runtime.preprocess.crop` and normalised by
+`facemtl.runtime.preprocess.normalize` inside a `tf.numpy_function`, so the pipeline cannot drift
 from what the runtime does on a camera. Augmentation happens around those calls: the
 square is jittered before the crop (rotation, scale, shift: the errors of a detector), the
 pixels after it (brightness, contrast, gamma, blur, noise, and random erasing where asked),
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from runtime.preprocess import Square, crop, face_square, normalize, to_crop
-from runtime.spec import LANDMARK_FLIP, POSE_FLIP, ModelSpec
-from train.mtfl import ATTRIBUTES, Images
+from facemtl.runtime.preprocess import Square, crop, face_square, normalize, to_crop
+from facemtl.runtime.spec import LANDMARK_FLIP, POSE_FLIP, ModelSpec
+from facemtl.train.mtfl import ATTRIBUTES, Images
 
 ATTRIBUTE_NAMES = tuple(name for name, _ in ATTRIBUTES)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.io import atomic_path
-from runtime.spec import REGRESSION, ModelSpec
-from train.metrics import FAILURE_NME, nme_per_face
+from facemtl.runtime.io import atomic_path
+from facemtl.runtime.spec import REGRESSION, ModelSpec
+from facemtl.train.metrics import FAILURE_NME, nme_per_face
 
 
 def _save(fig, path: Path) -> None:
@@ -22,7 +22,7 @@ def write_plots(out: Path, spec: ModelSpec, report, data, outputs: dict, mats: n
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtime.preprocess import to_image
+    from facemtl.runtime.preprocess import to_image
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -82,8 +82,8 @@ def _contradicted(plt, out: Path, spec: ModelSpec, head, data, outputs: dict, sp
                   grid: int) -> Path:
     """The faces the model gets wrong, the most confident first: where to look for annotation
     errors before blaming the model (`evaluate.confident_errors`)."""
-    from runtime.preprocess import crop, face_square
-    from train.evaluate import CONTRADICTED_BELOW, confident_errors
+    from facemtl.runtime.preprocess import crop, face_square
+    from facemtl.train.evaluate import CONTRADICTED_BELOW, confident_errors
 
     probs = head.decode(outputs[head.name])["probabilities"]
     true = data.annotations.labels[head.name]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from train.config import DEFAULT_TRUNK  # noqa: F401  (re-exported)
+from facemtl.train.config import DEFAULT_TRUNK  # noqa: F401  (re-exported)
 
 
 @keras.saving.register_keras_serializable("facemtl")
@@ -82,7 +82,7 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     pooling throws away. Depthwise-separable because full 3x3 convolutions of the same
     width cost 3x the latency on a CPU for little accuracy (README, "How the default was chosen").
     `depth` keeps the first blocks of the table: five (the default) are 5% faster in int8
-    than six and scored better on validation (README, run 6). `first_block` sets the filters
+    than six and scored better on validation (docs/experiments.md, run 6). `first_block` sets the filters
     of the first block (a multiple of width): at 20x20 its pointwise convolution is the
     costliest layer (one width: int8 0.156 against 0.181 ms, `bench/trunks.json`). `stem`:
     filters of the first convolution (0: `width`). `features`: units of the shared feature layer
@@ -91,7 +91,7 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     """
     # The stem reads 3x3 grey patches, nine numbers, so it has at most nine independent linear
     # features; but after BatchNorm and ReLU6 its filters are not redundant: 16 instead of 32
-    # make the int8 trunk 20% faster and cost smile 0.7 points over three seeds (README, runs 14-17).
+    # make the int8 trunk 20% faster and cost smile 0.7 points over three seeds (docs/experiments.md, runs 14-17).
     x = _conv_bn(x, stem or width, 2, "stem", activation)  # 20x20
     if not 1 <= depth <= len(_MTFL_BLOCKS):
         raise ValueError(f"depth must be 1..{len(_MTFL_BLOCKS)} separable blocks, got {depth}")

@@ -2,5 +2,5 @@
 analyzer's VIDEO mode, the overlay, MJPEG serving, recording, `facemtl demo` and
 `facemtl bench --live`. numpy, OpenCV and the standard library; never TensorFlow.
 
-Modules import lazily: `from runtime.live.tracking import FaceTracker`, etc.
+Modules import lazily: `from facemtl.runtime.live.tracking import FaceTracker`, etc.
 """

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.live.demo import LIVE_DETECTOR, live_detect_size
-from runtime.live.stats import StageStats
+from facemtl.runtime.live.demo import LIVE_DETECTOR, live_detect_size
+from facemtl.runtime.live.stats import StageStats
 
 STAGES = ("capture", "detect", "crop", "infer", "track", "draw", "total")
 
@@ -47,8 +47,8 @@ def add_arguments(p) -> None:
 
 
 def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, smooth=True, overrides=None):
-    from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
-    from runtime.live.tracking import TrackingOptions
+    from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
+    from facemtl.runtime.live.tracking import TrackingOptions
 
     return FaceAnalyzer.create_from_options(FaceAnalyzerOptions(
         model_path=model, detector=detector, detection_max_side=live_detect_size(detector, detect_size),
@@ -60,9 +60,9 @@ def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, 
 def time_run(analyzer, frames, tracking: bool, warmup: int = 20, truth=None) -> dict:
     """Time the loop over `frames`, an iterable of (index, timestamp_ms, image); the first
     `warmup` frames are not counted. `truth(index)` (the sample's) adds the NME."""
-    from runtime.live.demo import analysis_stages, match_truth
-    from runtime.live.overlay import draw
-    from runtime.live.sample import nme
+    from facemtl.runtime.live.demo import analysis_stages, match_truth
+    from facemtl.runtime.live.overlay import draw
+    from facemtl.runtime.live.sample import nme
 
     stats = StageStats()
     errors = []
@@ -100,14 +100,14 @@ def time_run(analyzer, frames, tracking: bool, warmup: int = 20, truth=None) -> 
 
 
 def _sample_frames(n: int, motion: str = "moving"):
-    from runtime.live.sample import SampleStream
+    from facemtl.runtime.live.sample import SampleStream
 
     s = SampleStream((640, 480), motion=motion)
     return s, [(i, s.timestamp_ms(i), s.frame(i)) for i in range(n)]
 
 
 def _video_frames(path: str, n: int):
-    from runtime.live.sources import VideoFileSource
+    from facemtl.runtime.live.sources import VideoFileSource
 
     def gen():
         with VideoFileSource(path) as src:
@@ -121,8 +121,8 @@ def _video_frames(path: str, n: int):
 def quality(model, detector, detect_size, detect_every, overrides=None) -> dict:
     """Jitter (still face, frames 20-119, RMS over the 10 coordinates of their standard
     deviation) with and without smoothing, and NME on the still and the moving stream."""
-    from runtime.live.demo import match_truth
-    from runtime.live.sample import nme
+    from facemtl.runtime.live.demo import match_truth
+    from facemtl.runtime.live.sample import nme
 
     out = {}
     for motion in ("still", "moving"):
@@ -142,7 +142,7 @@ def quality(model, detector, detect_size, detect_every, overrides=None) -> dict:
     # IMAGE mode (the detector frames every face) on the still stream: the still-image NME
     # and the model's own bias on this face, which a crop framed from its landmarks inherits:
     # the roll of the eye line and the size of the landmarks' square against the truth's
-    from runtime.preprocess import canonical_square, eye_angle
+    from facemtl.runtime.preprocess import canonical_square, eye_angle
 
     s, frames = _sample_frames(60, "still")
     errs, roll, size = [], [], []
@@ -164,11 +164,11 @@ def quality(model, detector, detect_size, detect_every, overrides=None) -> dict:
 def main(args) -> int:
     import cv2
 
-    from runtime.artifact import ModelFileError
-    from runtime.cli import CommandError
-    from runtime.detectors import DetectorError
-    from runtime.live.sources import SourceError
-    from runtime.spec import SpecError
+    from facemtl.runtime.artifact import ModelFileError
+    from facemtl.runtime.cli import CommandError
+    from facemtl.runtime.detectors import DetectorError
+    from facemtl.runtime.live.sources import SourceError
+    from facemtl.runtime.spec import SpecError
 
     paths = list(getattr(args, "paths", None) or [])
     if len(paths) > 1:
@@ -208,7 +208,7 @@ def main(args) -> int:
                         frames_it = _video_frames(video, n + warmup)()
                         truth = None
                     with _analyzer(model, detector, detect_size, th, tracking, detect_every, overrides=overrides) as a:
-                        described = describe_detector(detector, a.detector)
+                        described = describe_detector(detector, a._detector)
                         r = time_run(a, frames_it, tracking, warmup=warmup, truth=truth)
                     row = {"stream": label, "threads": th, "mode": "tracking" if tracking else "detect every frame",
                            "detector": described, **r}
@@ -222,7 +222,7 @@ def main(args) -> int:
     text = table(rows, q, rows[0]["detector"] if rows else detector, model)
     print(text)
     if getattr(args, "json", None):
-        from runtime.io import atomic_write_text
+        from facemtl.runtime.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({"detector": rows[0]["detector"] if rows else detector,
                                                  "model": str(model) if model else "packaged",

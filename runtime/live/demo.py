@@ -23,13 +23,13 @@ import time
 
 import numpy as np
 
-from runtime.live.stats import StageStats
-from runtime.mirror import FLIP_AVERAGE_HELP
+from facemtl.runtime.live.stats import StageStats
+from facemtl.runtime.mirror import FLIP_AVERAGE_HELP
 
 SUMMARY_STAGES = ("capture", "detect", "crop", "infer", "track", "draw", "output", "analysis", "total")
 
 
-# The live tools' detector: Haar's video setting (runtime.detectors.HAAR_PRESETS), the upright
+# The live tools' detector: Haar's video setting (facemtl.runtime.detectors.HAAR_PRESETS), the upright
 # frontal cascade alone: between detections a tracked face is followed by its landmarks.
 LIVE_DETECTOR = "haar:video"
 
@@ -113,14 +113,14 @@ def _window_check():
     try:
         cv2.namedWindow("facemtl", cv2.WINDOW_AUTOSIZE)
     except cv2.error:
-        return ("this OpenCV has no GUI (opencv-python-headless); use --serve, or install opencv-python "
-                "(not -headless) for --show")
+        return ("this OpenCV has no GUI (opencv-python-headless, facemtl's default); for a window run "
+                "`pip uninstall -y opencv-python-headless && pip install opencv-python`, or use --serve")
     return None
 
 
 def build_analyzer(args, tracking: bool):
-    from runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
-    from runtime.live.tracking import TrackingOptions
+    from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
+    from facemtl.runtime.live.tracking import TrackingOptions
 
     max_side = live_detect_size(args.detector, args.detect_size)
     opts = TrackingOptions(detect_every=args.detect_every, smooth_landmarks=not args.no_smooth,
@@ -157,9 +157,9 @@ def match_truth(faces, truth: np.ndarray):
 def run(args) -> int:
     import cv2
 
-    from runtime.cli import CommandError
-    from runtime.live.overlay import draw
-    from runtime.live.sources import SourceError, open_source
+    from facemtl.runtime.cli import CommandError
+    from facemtl.runtime.live.overlay import draw
+    from facemtl.runtime.live.sources import SourceError, open_source
 
     if args.max_frames is not None and args.max_frames < 1:
         raise CommandError("--max-frames must be >= 1")
@@ -170,9 +170,9 @@ def run(args) -> int:
         if problem:
             raise CommandError(f"--show: {problem}")
     cv2.setNumThreads(args.threads)
-    from runtime.artifact import ModelFileError
-    from runtime.detectors import DetectorError
-    from runtime.spec import SpecError
+    from facemtl.runtime.artifact import ModelFileError
+    from facemtl.runtime.detectors import DetectorError
+    from facemtl.runtime.spec import SpecError
 
     try:
         analyzer = build_analyzer(args, tracking=not args.no_track)
@@ -189,7 +189,7 @@ def run(args) -> int:
     json_out = None
     try:
         if args.serve is not None:
-            from runtime.live.mjpeg import MjpegServer, parse_address
+            from facemtl.runtime.live.mjpeg import MjpegServer, parse_address
 
             try:
                 host, port = parse_address(args.serve)
@@ -198,7 +198,7 @@ def run(args) -> int:
                 raise CommandError(f"--serve {args.serve}: {e}") from None
             print(f"facemtl demo: serving {server.url} (stream: {server.url}stream.mjpg)", file=sys.stderr, flush=True)
         if args.record:
-            from runtime.live.record import RecordError, Recorder
+            from facemtl.runtime.live.record import RecordError, Recorder
 
             try:
                 recorder = Recorder(args.record, fps=source.fps or args.fps)
@@ -225,7 +225,7 @@ def run(args) -> int:
     report = sys.stderr if args.json == "-" else sys.stdout
     print(format_summary(summary), file=report, flush=True)
     if args.summary:
-        from runtime.io import atomic_write_text
+        from facemtl.runtime.io import atomic_write_text
 
         atomic_write_text(args.summary, json.dumps(summary, indent=2) + "\n")
     return code
@@ -234,8 +234,8 @@ def run(args) -> int:
 def _loop(args, source, analyzer, server, recorder, json_out, draw):
     import cv2
 
-    from runtime.live.sources import SourceError
-    from runtime.live.sample import nme as nme_of
+    from facemtl.runtime.live.sources import SourceError
+    from facemtl.runtime.live.sample import nme as nme_of
 
     tracking = not args.no_track
     visual = bool(args.show or server is not None or recorder is not None)

@@ -8,7 +8,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-from runtime.results import FrameResult
+from facemtl.runtime.results import FrameResult
 
 # BGR; one colour per face id, so a face keeps its colour while it is tracked
 _PALETTE = ((80, 220, 80), (255, 170, 40), (60, 160, 255), (230, 90, 230), (40, 220, 220), (170, 120, 255))
@@ -38,7 +38,7 @@ def _panel(image: np.ndarray, lines: list[str], org: tuple[int, int], colour, sc
 
 def attribute_lines(face) -> list[str]:
     """"female 0.93"-style lines, one per classification head, in the model's head order."""
-    return [f"{c.label} {c.score:.2f}" for c in face.attributes.values()]
+    return [f"{c.top.category_name} {c.top.score:.2f}" for c in face.attributes.values()]
 
 
 def draw(image: np.ndarray, result: FrameResult, fps: float | None = None,

@@ -15,11 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facemtl.runtime.errors import RecordError  # noqa: F401 (re-exported)
+
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
-
-
-class RecordError(RuntimeError):
-    """The video file cannot be written (unknown suffix, no codec, folder missing)."""
 
 
 class Recorder:

@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facemtl.runtime.errors import SampleUnavailable  # noqa: F401 (re-exported)
+
 INSTALL_HINT = "pip install scikit-image   (or: pip install 'facemtl[sample]')"
 
 # The five MTFL points of astronaut.png (512 x 512), pixel-index coordinates, MTFL order:
@@ -39,10 +41,6 @@ _HEAD_AXES = (80.0, 100.0)
 _MASK_BLUR = 5.0  # sigma of the mask's soft edge, astronaut.png pixels
 
 MOTIONS = ("moving", "still", "exit")
-
-
-class SampleUnavailable(RuntimeError):
-    """scikit-image (which ships the sample face) is not installed."""
 
 
 def astronaut_path() -> Path:

@@ -114,3 +114,8 @@ class LabelSmoother:
         if self.index is None or self._p[best] - self._p[self.index] > self.margin:
             self.index = best
         return self.index, float(self._p[self.index])
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """The averaged probabilities of every class (None before the first update)."""
+        return self._p

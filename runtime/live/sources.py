@@ -20,6 +20,7 @@ tries, is a `SourceError` with a message that says what to check.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
 import threading
@@ -31,12 +32,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from facemtl.runtime.errors import SourceError  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".jp2")
 PICAMERA_NAMES = ("picam", "picamera", "picamera2")
-
-
-class SourceError(RuntimeError):
-    """A source that cannot be opened, or a camera that went away; the message says why."""
 
 
 @dataclass
@@ -158,8 +159,7 @@ class Grabber:
         if self._reopen is None:
             return False
         for attempt in range(self.retries):
-            print(f"facemtl: {self.name} stopped delivering frames; reopening ({attempt + 1}/{self.retries})",
-                  file=sys.stderr)
+            log.warning("%s stopped delivering frames; reopening (%d/%d)", self.name, attempt + 1, self.retries)
             try:
                 self.capture.release()
             except Exception:
@@ -287,8 +287,7 @@ class CameraSource(LiveSource):
             if cap is not None:
                 break
             if attempt < retries:
-                print(f"facemtl: {label} did not open; retrying in {retry_delay:g} s ({attempt + 1}/{retries})",
-                      file=sys.stderr)
+                log.warning("%s did not open; retrying in %g s (%d/%d)", label, retry_delay, attempt + 1, retries)
                 time.sleep(retry_delay)
         if cap is None:
             raise SourceError(f"{label} could not be opened (tried {retries + 1} time(s)): {_camera_hint(device)}")
@@ -413,13 +412,13 @@ class ImageFilesSource(Source):
 
 
 class SampleSource(Source):
-    """The built-in sample stream (`runtime.live.sample`): a moving real face with known
+    """The built-in sample stream (`facemtl.runtime.live.sample`): a moving real face with known
     landmarks. Endless unless `frames` is given."""
 
     def __init__(self, motion: str = "moving", width: int = 640, height: int = 480, fps: float = 30.0,
                  frames: int | None = None, noise: float = 2.5, seed: int = 0):
         super().__init__()
-        from runtime.live.sample import SampleStream, SampleUnavailable
+        from facemtl.runtime.live.sample import SampleStream, SampleUnavailable
 
         try:
             self.stream = SampleStream((width, height), fps=fps, motion=motion, noise=noise, frames=frames, seed=seed)

@@ -1,7 +1,7 @@
 """Video mode: detect now and then, follow every face from its own landmarks in between.
 
-    tracker = FaceTracker(analyzer, TrackingOptions(detect_every=15))
-    result = tracker.process(frame, timestamp_ms)      # what analyze_for_video returns
+    FaceAnalyzerOptions(running_mode=RunningMode.VIDEO, tracking=TrackingOptions(detect_every=15))
+    analyzer.analyze_for_video(frame, timestamp_ms)     # FaceTracker.process underneath
 
 Per frame, for each tracked face, the crop is the canonical square (`canonical_square`,
 the very framing the model was trained on) of its landmarks from the previous frame (moved
@@ -21,7 +21,7 @@ track the detector has not confirmed for `max_unconfirmed` detections in a row i
 model sees is compared (normalised cross-correlation, one 1600-element dot product) with
 the track's reference crop, taken when the detector last confirmed the face and updated
 slowly while the match is good. Measured on 600 MTFL test faces and 840 crops of
-photographs without a face (`python -m runtime.live.measure_lost`): the same face moved,
+photographs without a face (`python bench/measure_lost.py`): the same face moved,
 rescaled, turned and re-lit by a few frames of tracking error matches at 0.77 (median;
 5th percentile 0.55), a crop of no face at -0.01 (95th percentile 0.27), half a face at
 0.09; ROC AUC 0.999 (face vs no face). At `lost_score` 0.4, 98.8% of faces pass and 1.7%
@@ -30,7 +30,7 @@ on canonical squares only, it draws a canonically framed face into any crop (RMS
 ratio 0.99 on faces, 0.92 on no face).
 A track under `lost_score` for `lost_frames` frames in a row is dropped.
 
-Landmarks are smoothed with a One Euro filter (`runtime.live.smoothing`) per track, and
+Landmarks are smoothed with a One Euro filter (`facemtl.runtime.live.smoothing`) per track, and
 the next crop is framed from the smoothed landmarks moved on by the face's velocity:
 sensor noise then does not feed back through the crop position, and the velocity keeps a
 moving face centred. Attributes are averaged over time with hysteresis. Face ids are
@@ -42,15 +42,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
 
-from runtime.detectors import Detection, box_overlap, crop_square
-from runtime.preprocess import Square, canonical_square, crop, crop_matrix, eye_angle, normalize
-from runtime.results import Category, Face, FrameResult
-from runtime.live.smoothing import LabelSmoother, OneEuroFilter, OneEuroParams
-from runtime.spec import REGRESSION, SpecError
+from facemtl.runtime.core import InferenceCore
+from facemtl.runtime.detectors import Detection, box_overlap, crop_square
+from facemtl.runtime.preprocess import Square, canonical_square, eye_angle
+from facemtl.runtime.results import Classification, Face, FrameResult
+from facemtl.runtime.live.smoothing import LabelSmoother, OneEuroFilter, OneEuroParams
+from facemtl.runtime.spec import REGRESSION, ModelSpec, SpecError
 
 
 @dataclass
@@ -63,23 +65,17 @@ class TrackingOptions:
         landmarks) beyond `align_free` degrees (default 0: the whole roll, so every crop is
         upright as in training). A free range keeps the crop upright for small rolls, which
         helps a model whose roll answer is biased: the crop angle comes from the model's own
-        answer, and its bias feeds back through it. With the first default model (eye line
-        1.6-2.0 degrees off on the still sample face) 14 degrees was better (moving NME 1.09x
-        / 1.11x the still image with Haar / YuNet, against 1.07x / 1.30x at 0); with today's
-        (+1.0 degrees) full alignment is: 0.92x / 1.06x at 0, 1.10x / 1.29x at 14 (`facemtl
-        bench --live --align-free 14`; docs/live.md).
+        answer, and its bias feeds back through it (`facemtl bench --live --align-free 14`
+        measures it; docs/live.md).
     anchor: size a tracked face's crop as its detector did, not as its own landmarks would.
         On the frame that starts a track, the side of the detector's square (calibrated to the
         training framing) is compared with the side of the canonical square of the landmarks
         the model gave on that crop; later crops are the landmarks' square scaled by that
         ratio. A model's landmark square can be biased in size for a given face, and a crop
-        framed from it alone compounds the bias: the first default model's square was 2%
-        too large on the sample face, and without the anchor its moving NME was 1.23x the
-        still image. Today's model is nearly unbiased there (1.002x); `--no-anchor` lowers
-        its moving NME but leaves the still face jumpier (smoothed jitter 2.9x lower than
-        raw against 4.6x; `facemtl bench --live --no-anchor`). Size only, measured once per track: anchoring the centre as well, or
+        framed from it alone compounds the bias (a square 2% too large grows from frame to
+        frame). Size only, measured once per track: anchoring the centre as well, or
         re-measuring at each re-detection, brings the detector's box noise into the crop
-        (still-face jitter 0.19-0.32 px against 0.09-0.15, in trials whose code was not kept).
+        (`facemtl bench --live --no-anchor` compares; docs/live.md).
     smooth_landmarks / landmark_filter: One Euro filter on the reported landmarks.
     smooth_attributes / attribute_tau / attribute_margin: average class probabilities over
         `attribute_tau` seconds; change a label only when another class leads by the margin.
@@ -153,7 +149,7 @@ def appearance_match(x: np.ndarray, ref: np.ndarray) -> float:
 
 class _Track:
     __slots__ = ("id", "points", "smooth", "filter", "labels", "score", "unconfirmed", "confirmed", "low", "age",
-                 "match", "ref", "velocity", "t", "anchor")
+                 "match", "ref", "velocity", "t", "anchor", "box")
 
     def __init__(self, track_id: int, options: TrackingOptions, heads: list[str]):
         self.id = track_id
@@ -174,15 +170,26 @@ class _Track:
         # log of the detector's square side over the landmarks' own square side on the
         # track's first frame; see TrackingOptions.anchor
         self.anchor: float | None = None
+        # the box of the detection that last confirmed it, in units of that detection's square
+        # (centre offset and size over the side): how the detector frames this face
+        self.box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 
 class FaceTracker:
-    """Follows faces across the frames of one stream for a FaceAnalyzer (VIDEO mode)."""
+    """Follows faces across the frames of one stream for a FaceAnalyzer (VIDEO mode).
 
-    def __init__(self, analyzer, options: TrackingOptions | None = None):
-        self.analyzer = analyzer
+    detect: frame -> detections, best first (the analyzer's detector, score filter and cap).
+    core: the analyzer's `InferenceCore`, the same crop -> run -> decode path as IMAGE mode.
+    max_faces: at most this many faces tracked at once (None: all).
+    """
+
+    def __init__(self, detect: Callable[[np.ndarray], list[Detection]], core: InferenceCore, spec: ModelSpec,
+                 options: TrackingOptions | None = None, max_faces: int | None = None):
+        self._detect = detect
+        self._core = core
         self.options = options or TrackingOptions()
-        self.spec = analyzer.spec
+        self.max_faces = max_faces
+        self.spec = spec
         self.policy = self.spec.crop
         if self.policy.mode != "landmarks":
             raise SpecError("video mode follows faces by their landmarks; this model was trained on whole images "
@@ -191,12 +198,11 @@ class FaceTracker:
         if self._landmark_head is None:
             raise SpecError("video mode follows faces by their landmarks; this model has no landmark head")
         self._class_heads = [h for h in self.spec.heads if h.kind != REGRESSION]
-        self._size = self.spec.input.size
+        self._landmark_names = tuple(self.spec.landmark_names)
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._frame = 0
         self._since_detect = 0
-        self._batch = np.empty((0, self._size, self._size, 1), np.float32)
         self.detections = 0     # frames the detector ran on
 
     # --- per frame -----------------------------------------------------------------------
@@ -210,8 +216,8 @@ class FaceTracker:
 
         if detect := (not self._tracks or self._since_detect + 1 >= self.options.detect_every):
             td = time.perf_counter()
-            found = self.analyzer.detect(image if image.ndim == 2 or image.shape[2] == 3
-                                         else cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
+            found = self._detect(image if image.ndim == 2 or image.shape[2] == 3
+                                 else cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
             stages["detect"] = 1000 * (time.perf_counter() - td)
             self.detections += 1
             self._since_detect = 0
@@ -225,21 +231,22 @@ class FaceTracker:
         alive = [i for i, t in enumerate(self._tracks) if t.unconfirmed < self.options.max_unconfirmed]
         tracks = [self._tracks[i] for i in alive]
         squares = [squares[i] for i in alive]
-        cap = getattr(getattr(self.analyzer, "options", None), "max_faces", None)
-        if cap is not None:
-            new = new[: max(cap - len(tracks), 0)]
+        if self.max_faces is not None:
+            new = new[: max(self.max_faces - len(tracks), 0)]
         n_old = len(tracks)
         for d in new:
             tr = _Track(self._next_id, self.options, [hd.name for hd in self._class_heads])
             self._next_id += 1
             tr.score = float(d.score)
-            tracks.append(tr)
             squares.append(crop_square(d, self.policy))
+            tr.box = box_in_square(d.box, squares[-1])
+            tracks.append(tr)
 
         faces: list[Face] = []
         keep: list[_Track] = []
         if tracks:
             points, probs, crops = self._run(image, squares, stages)
+            seen = list(squares)  # the square the model saw last, per face
             if self.options.anchor:
                 # a new track's anchor compares the detector's square (its crop on this frame)
                 # with the square of the landmarks the model gave on that very crop: on the
@@ -248,12 +255,12 @@ class FaceTracker:
                 for i in range(n_old, len(tracks)):
                     tracks[i].anchor = math.log(squares[i].side / canonical_square(points[i], self.policy).side)
             for _ in range(self.options.passes - 1):
-                points, probs, crops = self._run(image, [self._square(p, t.anchor) for p, t in zip(points, tracks)],
-                                                 stages)
+                seen = [self._square(p, t.anchor) for p, t in zip(points, tracks)]
+                points, probs, crops = self._run(image, seen, stages)
             if self.options.refine_new and len(tracks) > n_old:
                 # new faces once more, framed by the landmarks of the first pass
-                again = self._run(image, [self._square(points[i], tracks[i].anchor) for i in range(n_old, len(tracks))],
-                                  stages)
+                seen[n_old:] = [self._square(points[i], tracks[i].anchor) for i in range(n_old, len(tracks))]
+                again = self._run(image, seen[n_old:], stages)
                 points[n_old:], crops[n_old:] = again[0], again[2]
                 for name in probs:
                     probs[name][n_old:] = again[1][name]
@@ -283,7 +290,7 @@ class FaceTracker:
                 tr.t = t_s
                 tr.age += 1
                 keep.append(tr)
-                faces.append(self._face(tr, pts, side, {k: v[i] for k, v in probs.items()}, t_s))
+                faces.append(self._face(tr, pts, side, {k: v[i] for k, v in probs.items()}, t_s, seen[i]))
         self._tracks = _drop_duplicates(keep, faces)
         self._frame += 1
         faces = [f for f in faces if any(t.id == f.id for t in self._tracks)]
@@ -332,59 +339,39 @@ class FaceTracker:
                 self._tracks[j].unconfirmed = 0
                 self._tracks[j].confirmed = True
                 self._tracks[j].score = float(found[di].score)
+                self._tracks[j].box = box_in_square(found[di].box, det_sq[di])
             elif iou[di].max() < self.options.match_iou:
                 new.append(found[di])   # overlapping no track at all: a new face
         return new
 
     def _run(self, image: np.ndarray, squares: list[Square], stages: dict):
-        """Crop every square from the frame's region around it, run them in one batch, and
-        decode: (landmarks (N, 5, 2) image pixels, {head: probabilities (N, C)}, crops (N, size*size)
-        zero-mean and unit-norm, for the appearance match)."""
-        n = len(squares)
-        if n == 0:
-            return None
-        t0 = time.perf_counter()
-        if self._batch.shape[0] != n:
-            self._batch = np.empty((n, self._size, self._size, 1), np.float32)
-        mats = np.empty((n, 2, 3))
-        for i, sq in enumerate(squares):
-            patch, mats[i] = crop_region(image, sq, self._size)
-            self._batch[i, :, :, 0] = normalize(patch, self.spec.input)
-        t1 = time.perf_counter()
-        raw = self.analyzer.backend.run(self._batch)
-        t2 = time.perf_counter()
-        stages["crop"] += 1000 * (t1 - t0)
-        stages["infer"] += 1000 * (t2 - t1)
-        if self._landmark_head not in raw:
-            raise SpecError(f"the model returned no output {self._landmark_head!r} (it returned {sorted(raw)})")
-        pc = self.spec.head(self._landmark_head).decode(raw[self._landmark_head])["points"]
-        # crop units -> image pixels, all faces at once: p = A^-1 (u - b)
-        inv = np.linalg.inv(mats[:, :, :2])
-        points = np.einsum("nij,nkj->nki", inv, pc - mats[:, None, :, 2])
-        crops = self._batch.reshape(n, -1).copy()   # zero-mean already (`normalize`)
-        crops /= np.maximum(np.linalg.norm(crops, axis=1, keepdims=True), 1e-9)
-        probs = {}
-        for hd in self._class_heads:
-            if hd.name not in raw:
-                raise SpecError(f"the model returned no output {hd.name!r} (it returned {sorted(raw)})")
-            probs[hd.name] = hd.decode(raw[hd.name])["probabilities"]
-        return points, probs, crops
+        """The inference core on every square: (landmarks (N, K, 2) image pixels, {head:
+        probabilities (N, C)}, crops (N, size*size) zero-mean and unit-norm, for the
+        appearance match)."""
+        out = self._core(image, squares)
+        stages["crop"] += out.crop_ms
+        stages["infer"] += out.infer_ms
+        return out.points, out.probabilities, out.crops
 
-    def _face(self, tr: _Track, points: np.ndarray, side: float, probs: dict[str, np.ndarray], t_s: float) -> Face:
+    def _face(self, tr: _Track, points: np.ndarray, side: float, probs: dict[str, np.ndarray], t_s: float,
+              square: Square) -> Face:
         shown = tr.filter(points, t_s, scale=side) if tr.filter is not None else points
         tr.smooth = shown
         attrs = {}
         for hd in self._class_heads:
             p = probs[hd.name]
             if hd.name in tr.labels:
-                k, s = tr.labels[hd.name].update(p, t_s)
+                k, _ = tr.labels[hd.name].update(p, t_s)
+                attrs[hd.name] = Classification.of(hd, tr.labels[hd.name].probabilities, k)
             else:
-                k = int(np.argmax(p))
-                s = float(p[k])
-            attrs[hd.name] = Category(k, hd.labels[k], float(s))
-        box = canonical_square(shown, self.policy).box()
-        return Face(box=tuple(float(v) for v in box), score=tr.score, landmarks=np.asarray(shown),
-                    attributes=attrs, id=tr.id)
+                attrs[hd.name] = Classification.of(hd, p)
+        # the box the detector would give for the square the model saw (on a new face's
+        # first frame with no second crop, exactly the detection's box)
+        ox, oy, bw, bh = tr.box
+        w, h = bw * square.side, bh * square.side
+        box = (square.cx + ox * square.side - w / 2, square.cy + oy * square.side - h / 2, w, h)
+        return Face(box=box, score=tr.score, square=square, landmarks=np.asarray(shown),
+                    landmark_names=self._landmark_names, attributes=attrs, id=tr.id)
 
 
 def _drop_duplicates(tracks: list["_Track"], faces: list[Face], iou: float = 0.5) -> list["_Track"]:
@@ -392,7 +379,8 @@ def _drop_duplicates(tracks: list["_Track"], faces: list[Face], iou: float = 0.5
     older one."""
     if len(tracks) < 2:
         return tracks
-    ov, _ = box_overlap(np.array([f.box for f in faces]), np.array([f.box for f in faces]))
+    squares = np.array([f.square.box() for f in faces])
+    ov, _ = box_overlap(squares, squares)
     drop = set()
     order = sorted(range(len(tracks)), key=lambda i: tracks[i].id)
     for a, i in enumerate(order):
@@ -404,6 +392,15 @@ def _drop_duplicates(tracks: list["_Track"], faces: list[Face], iou: float = 0.5
     return [t for k, t in enumerate(tracks) if k not in drop]
 
 
+def box_in_square(box, square: Square) -> tuple[float, float, float, float]:
+    """A detector's x, y, w, h box relative to a square: (centre offset x, y, width, height)
+    over the square's side. `FaceTracker` keeps it per face, so that a face followed by its
+    landmarks still reports the box its detector would draw."""
+    x, y, w, h = (float(v) for v in box)
+    side = square.side
+    return ((x + w / 2 - square.cx) / side, (y + h / 2 - square.cy) / side, w / side, h / side)
+
+
 def crop_angle(points: np.ndarray, free: float) -> float:
     """The crop's angle for a face whose landmarks are `points`: the roll of their eye line
     beyond +-`free` degrees (0 inside it), so the face is at most `free` degrees off upright
@@ -412,35 +409,16 @@ def crop_angle(points: np.ndarray, free: float) -> float:
     return math.copysign(max(abs(roll) - free, 0.0), roll)
 
 
-def crop_region(image: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`preprocess.crop` of `square` from a BGR or grey frame, converting only the region the
-    square covers to grey. Same pixels as cropping the whole grey frame: the region holds the
-    square and the bilinear margin, and where it is cut by the frame edge, `crop` replicates
-    that edge just as it would on the whole frame. Returns (patch, full-frame crop matrix)."""
-    h, w = image.shape[:2]
-    a = math.radians(square.angle)
-    half = square.side / 2 * (abs(math.cos(a)) + abs(math.sin(a))) + 2
-    x0 = min(max(int(math.floor(square.cx - half)), 0), w - 1)
-    y0 = min(max(int(math.floor(square.cy - half)), 0), h - 1)
-    x1 = max(min(int(math.ceil(square.cx + half)) + 1, w), x0 + 1)
-    y1 = max(min(int(math.ceil(square.cy + half)) + 1, h), y0 + 1)
-    roi = image[y0:y1, x0:x1]
-    grey = roi if roi.ndim == 2 else cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY if roi.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
-    local = Square(square.cx - x0, square.cy - y0, square.side, square.angle)
-    patch, _ = crop(grey, local, size)
-    return patch, crop_matrix(square)
-
-
 def _check_frame(frame) -> np.ndarray:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
-        from runtime.preprocess import ImageError
+        from facemtl.runtime.preprocess import ImageError
 
         raise ImageError(f"frame: expected a uint8 numpy array (grey, BGR or BGRA), got "
                          f"{getattr(frame, 'dtype', type(frame).__name__)}")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (3, 4))) or min(frame.shape[:2]) < 2:
-        from runtime.preprocess import ImageError
+        from facemtl.runtime.preprocess import ImageError
 
         raise ImageError(f"frame: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {frame.shape}")
     return frame

@@ -1,6 +1,6 @@
-"""The measurement behind video mode's "lost" check (`python -m runtime.live.measure_lost`).
+"""The measurement behind video mode's "lost" check (`python bench/measure_lost.py`).
 
-    python -m runtime.live.measure_lost --model M [--data ../shared/data/mtfl] [--faces 600]
+    python bench/measure_lost.py --model M [--data ../shared/data/mtfl] [--faces 600]
 
 Faces: MTFL test images, each cut at its canonical square (the reference crop, as when the
 detector confirms a track) and again with the error a few frames of tracking leave (shift
@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.preprocess import Square, canonical_square, crop, eye_angle, normalize
+from facemtl.runtime.preprocess import Square, canonical_square, crop, eye_angle, normalize
 
 SKIMAGE_PHOTOS = ("coffee.png", "rocket.jpg", "brick.png", "grass.png", "gravel.png", "motorcycle_left.png",
                   "hubble_deep_field.jpg", "chelsea.png", "horse.png", "page.png", "text.png", "coins.png", "camera.png")
@@ -63,11 +63,11 @@ def read_mtfl(data: Path, n: int):
 
 
 def main(argv=None) -> int:
-    from runtime.analyzer import load_model
-    from runtime.live.sample import _background, astronaut_path
-    from runtime.live.tracking import TrackingOptions
+    from facemtl.runtime.analyzer import load_model
+    from facemtl.runtime.live.sample import _background, astronaut_path
+    from facemtl.runtime.live.tracking import TrackingOptions
 
-    ap = argparse.ArgumentParser(prog="python -m runtime.live.measure_lost", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python bench/measure_lost.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", "-m", default=None, help="model file or folder (default: the packaged one)")
     ap.add_argument("--data", default=os.environ.get("FACEMTL_DATA", "../shared/data/mtfl"), help="MTFL folder")
     ap.add_argument("--faces", type=int, default=600)

@@ -1,0 +1,84 @@
+"""The one inference path of both running modes: face squares of a frame in, answers out.
+
+    core = InferenceCore(backend.run, spec, flip_average=False)
+    out = core(frame, squares)      # out.points (N, K, 2) image pixels, out.probabilities[head] (N, C)
+
+For each square: cut it from the frame (`preprocess.crop_region`: the training crop, with
+only the square's region turned grey), normalise it as training did, run all squares through
+the model in one batch (each also mirrored, and the answers averaged, with flip averaging),
+decode every head (`HeadSpec.decode`), and map the landmarks from crop units to image pixels.
+IMAGE mode (`FaceAnalyzer.analyze`) and VIDEO mode (`FaceTracker`) both call it, so the two
+cannot drift apart. numpy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from facemtl.runtime.errors import SpecError
+from facemtl.runtime.mirror import flip_averaged
+from facemtl.runtime.preprocess import Square, crop_region, normalize
+from facemtl.runtime.spec import REGRESSION, ModelSpec
+
+Run = Callable[[np.ndarray], dict]  # (N, S, S, C) normalised crops -> {head: (N, units) raw outputs}
+
+
+@dataclass
+class CoreOutput:
+    """The answers for N squares of one frame, in the order of the squares."""
+
+    points: np.ndarray                     # (N, K, 2) landmarks in image pixels (K = 0 without a landmark head)
+    probabilities: dict[str, np.ndarray]   # classification head -> (N, classes)
+    crops: np.ndarray                      # (N, S*S) the model's inputs, rows zero-mean and unit-norm
+    crop_ms: float = 0.0
+    infer_ms: float = 0.0
+
+
+class InferenceCore:
+    """Crop, run (with or without flip averaging), decode, map to image pixels."""
+
+    def __init__(self, run: Run, spec: ModelSpec, flip_average: bool = False):
+        self.spec = spec
+        self.flip_average = flip_average
+        # flip_averaged checks now that every head can mirror: a bad spec fails at creation
+        self._run = flip_averaged(run, spec) if flip_average else run
+        self._landmarks = next((h for h in spec.heads if h.kind == REGRESSION), None)
+        self._classes = [h for h in spec.heads if h.kind != REGRESSION]
+        self._size = spec.input.size
+
+    def __call__(self, frame: np.ndarray, squares: Sequence[Square]) -> CoreOutput:
+        """`frame`: uint8 grey (H, W), BGR or BGRA, already validated by the caller."""
+        n = len(squares)
+        if n == 0:
+            return CoreOutput(np.zeros((0, 0, 2)), {h.name: np.zeros((0, len(h.labels))) for h in self._classes},
+                              np.zeros((0, self._size * self._size), np.float32))
+        t0 = time.perf_counter()
+        batch = np.empty((n, self._size, self._size, 1), np.float32)
+        mats = np.empty((n, 2, 3))
+        for i, sq in enumerate(squares):
+            patch, mats[i] = crop_region(frame, sq, self._size)
+            batch[i, :, :, 0] = normalize(patch, self.spec.input)
+        t1 = time.perf_counter()
+        raw = self._run(batch)
+        t2 = time.perf_counter()
+        missing = [h.name for h in self.spec.heads if h.name not in raw]
+        if missing:
+            raise SpecError(f"the model returned no output {missing[0]!r} (it returned {sorted(raw)})")
+        if self._landmarks is not None:
+            pc = self._landmarks.decode(raw[self._landmarks.name])["points"]
+            # crop units -> image pixels, all faces at once: p = A^-1 (u - b)
+            inv = np.linalg.inv(mats[:, :, :2])
+            points = np.einsum("nij,nkj->nki", inv, pc - mats[:, None, :, 2])
+        else:
+            points = np.zeros((n, 0, 2))
+        probabilities = {h.name: h.decode(raw[h.name])["probabilities"] for h in self._classes}
+        crops = batch.reshape(n, -1)   # zero-mean already (`normalize`)
+        crops /= np.maximum(np.linalg.norm(crops, axis=1, keepdims=True), 1e-9)
+        return CoreOutput(points, probabilities, crops, 1000 * (t1 - t0), 1000 * (t2 - t1))
+
+
+__all__ = ["CoreOutput", "InferenceCore"]
