@@ -43,6 +43,7 @@ _EXPORTS = {
     "SourceError": "facemtl.runtime.errors",
     "RecordError": "facemtl.runtime.errors",
     "ConcurrentUseError": "facemtl.runtime.errors",
+    "OutputError": "facemtl.runtime.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -48,7 +48,22 @@ def register_predict(sub) -> None:
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="detect on a copy whose longer side is at most PX pixels; 0 = full size "
                         "(default: the detector's own, Haar 288, YuNet full size)")
+    p.add_argument("--max-pixels", type=_max_pixels, default=None, metavar="N",
+                   help="refuse an image of more than N pixels, read from its header before decoding "
+                        "(an error line; default 50000000, every phone photo; 0 = no limit, for trusted input)")
     p.set_defaults(func=run_predict)
+
+
+def _max_pixels(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(float(text))  # 5e7 reads as well as 50000000
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pixels: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = no limit), got {text}")
+    return n
 
 
 def iter_images(inputs: list[str]) -> Iterator[tuple[str, str | None]]:
@@ -69,21 +84,14 @@ def iter_images(inputs: list[str]) -> Iterator[tuple[str, str | None]]:
             yield item, "no such file or folder"
 
 
-def read_image(path: str):
-    """BGR uint8 image of a file (any bit depth or channel count OpenCV decodes), or an error."""
-    import cv2
-    import numpy as np
+def read_image(path: str, max_pixels: int | None = None):
+    """BGR uint8 image of a file (any bit depth or channel count OpenCV decodes), or an
+    ImageError naming it; `max_pixels` is checked from the header before decoding
+    (`facemtl.runtime.images`; None: the default cap, 0: none)."""
+    from facemtl.runtime.images import DEFAULT_MAX_PIXELS
+    from facemtl.runtime.images import read_image as read
 
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise OSError(f"cannot read: {e.strerror or e}") from None
-    if data.size == 0:
-        raise OSError("empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError("cannot decode: not an image, or corrupt, or a format OpenCV lacks")
-    return image
+    return read(path, DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None))
 
 
 def _analyzer_from_args(args):
@@ -113,24 +121,39 @@ def default_workers() -> int:
     return max(1, min(cores, 4))
 
 
-def _analyze_file(pool, path: str):
-    """(result, None) or (None, error) for one image file, on a FaceAnalyzer borrowed from
-    `pool` (a queue: detectors and interpreters are not shared between threads)."""
-    from facemtl.runtime.preprocess import ImageError
+def _analyze_file(pool, path: str, max_pixels: int | None = None):
+    """(result, None, read ms) or (None, error, read ms) for one image file, on a FaceAnalyzer
+    borrowed from `pool` (a queue: detectors and interpreters are not shared between threads).
+
+    Whatever goes wrong with this one input (unreadable, over the pixel cap, undecodable, an
+    OpenCV error in detection, no memory for it) is its error line, never the run's; a model
+    file that fails to run (ModelFileError) is the run's, and propagates."""
+    import cv2
+
+    from facemtl.runtime.errors import ImageError
 
     t = time.perf_counter()
     try:
-        image = read_image(path)
-    except OSError as e:
-        return None, str(e), 0.0
+        image = read_image(path, max_pixels)
+    except (ImageError, OSError, cv2.error, MemoryError) as e:
+        return None, _one_line(e), 0.0
     read_ms = 1000 * (time.perf_counter() - t)
     analyzer = pool.get()
     try:
         return analyzer.analyze(image), None, read_ms
-    except ImageError as e:
-        return None, str(e), read_ms
+    except (ImageError, cv2.error, MemoryError) as e:
+        return None, _one_line(e), read_ms
     finally:
+        del image
         pool.put(analyzer)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: OpenCV's errors span several (file, function, message)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] if len(lines) == 1 else f"{type(e).__name__}: {lines[-1]}"
 
 
 def run_predict(args) -> int:
@@ -140,26 +163,35 @@ def run_predict(args) -> int:
 
     import cv2
 
+    from facemtl.runtime.io import OutputError, quiet_closed_stdout
+
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise CommandError(f"--workers must be >= 1, got {workers}")
-    # one analyzer per worker: OpenCV's cascades and the interpreters keep per-call state.
-    # Reading, decoding, detection and inference all release the GIL, so N workers use N cores.
-    analyzers = [_analyzer_from_args(args)]
+    max_pixels = getattr(args, "max_pixels", None)
+    # the output first: a path that cannot be written is a one-line error before any work
+    try:
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    except OSError as e:
+        raise CommandError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
+    out_name = args.out or "stdout"
+    # one analyzer per worker: OpenCV's cascades and the interpreters keep per-call state, and
+    # a FaceAnalyzer refuses a second thread (ConcurrentUseError). Reading, decoding, detection
+    # and inference all release the GIL, so N workers use N cores.
+    analyzers = []
     pool: queue.Queue = queue.Queue()
-    out = None
     images = faces = failed = 0
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     cv_threads = cv2.getNumThreads()
+    closed_stdout = False
     try:
-        for _ in range(workers - 1):
+        for _ in range(workers):
             analyzers.append(_analyzer_from_args(args))
         for a in analyzers:
             pool.put(a)
         if workers > 1:
             cv2.setNumThreads(1)  # the parallelism is across images; OpenCV's own would oversubscribe
-        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict") as ex:
             pending: deque = deque()
 
@@ -181,21 +213,42 @@ def run_predict(args) -> int:
                             stages[k] = stages.get(k, 0.0) + v
                         faces += len(result.faces)
                         record = {"image": path, **result.to_dict()}
-                    out.write(json.dumps(record) + "\n")
-                    if out is sys.stdout:
-                        out.flush()
+                    try:
+                        out.write(json.dumps(record) + "\n")
+                        if out is sys.stdout:
+                            out.flush()
+                    except OSError as e:
+                        raise OutputError(out_name, e) from None
 
-            for path, error in iter_images(args.inputs):
-                future = ex.submit(_analyze_file, pool, path) if error is None else None
-                pending.append((path, error, future))
-                drain(2 * workers)  # bounded: at most 2 images per worker decoded and waiting
-            drain(0)
+            try:
+                for path, error in iter_images(args.inputs):
+                    future = ex.submit(_analyze_file, pool, path, max_pixels) if error is None else None
+                    pending.append((path, error, future))
+                    drain(2 * workers)  # bounded: at most 2 images per worker decoded and waiting
+                drain(0)
+            except BaseException:
+                for _, _, future in pending:  # do not analyse what will never be written
+                    if future is not None:
+                        future.cancel()
+                raise
+    except OutputError as e:
+        if e.closed_stdout:
+            closed_stdout = True  # `facemtl predict ... | head -1`: the reader has all it wanted
+        else:
+            raise CommandError(str(e)) from None
     finally:
         cv2.setNumThreads(cv_threads)
         for a in analyzers:
             a.close()
-        if out is not None and out is not sys.stdout:
-            out.close()
+        if out is not sys.stdout:
+            try:
+                out.close()  # flushes: a full disk shows here at the latest
+            except OSError as e:
+                if sys.exc_info()[0] is None:
+                    raise CommandError(str(OutputError(out_name, e))) from None
+    if closed_stdout:
+        quiet_closed_stdout()
+        return 141  # what a shell reports for a writer ended by SIGPIPE
     seconds = time.perf_counter() - t0
     ok = max(images - failed, 1)
     per = ", ".join(f"{k} {v / ok:.1f}" for k, v in stages.items())

@@ -48,6 +48,18 @@ class RecordError(FacemtlError, RuntimeError):
     """A video file that cannot be written (unknown suffix, no codec, folder missing)."""
 
 
+class OutputError(FacemtlError, OSError):
+    """An output that cannot be written: a path that cannot be created, a full disk, a closed
+    pipe. `closed_stdout` is true for a reader of stdout that went away (`... | head -1`),
+    which the CLI ends quietly."""
+
+    def __init__(self, name: str, error: OSError | str):
+        reason = error if isinstance(error, str) else (error.strerror or str(error) or type(error).__name__)
+        super().__init__(f"cannot write {name}: {reason}")
+        self.name = name
+        self.closed_stdout = isinstance(error, BrokenPipeError) and name == "stdout"
+
+
 class ConcurrentUseError(FacemtlError, RuntimeError):
     """One FaceAnalyzer called from two threads at once; each thread needs its own."""
 
@@ -57,4 +69,4 @@ class SampleUnavailable(SourceError):
 
 
 __all__ = ["FacemtlError", "SpecError", "ModelFileError", "ImageError", "DetectorError", "AnnotationError",
-           "DataError", "CalibrationError", "SourceError", "RecordError", "ConcurrentUseError", "SampleUnavailable"]
+           "DataError", "CalibrationError", "SourceError", "RecordError", "OutputError", "ConcurrentUseError", "SampleUnavailable"]

@@ -100,7 +100,7 @@ def test_record_writes_a_playable_file_with_the_right_frame_count(tmp_path, name
         for k in range(37):
             rec.write(np.full((120, 160, 3), (k * 6) % 256, np.uint8))
             assert not out.exists()                              # atomic: nothing there until the end
-    assert out.is_file() and not list(tmp_path.glob(".*part*"))
+    assert out.is_file() and not list(tmp_path.glob("*partial*"))
     cap = cv2.VideoCapture(str(out))
     assert cap.isOpened()
     n = 0
@@ -117,11 +117,24 @@ def test_record_writes_a_playable_file_with_the_right_frame_count(tmp_path, name
 def test_an_aborted_recording_leaves_the_old_file(tmp_path):
     out = tmp_path / "keep.mp4"
     out.write_bytes(b"the old recording")
+    rec = Recorder(out, fps=25)
+    rec.write(np.zeros((32, 32, 3), np.uint8))
+    rec.abort()
+    assert out.read_bytes() == b"the old recording" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_failed_run_keeps_the_frames_recorded_so_far(tmp_path):
+    out = tmp_path / "kept.avi"
     with pytest.raises(RuntimeError):
         with Recorder(out, fps=25) as rec:
-            rec.write(np.zeros((32, 32, 3), np.uint8))
+            for k in range(5):
+                rec.write(np.full((32, 32, 3), 40 * k, np.uint8))
             raise RuntimeError("the run failed")
-    assert out.read_bytes() == b"the old recording" and len(list(tmp_path.iterdir())) == 1
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 5 and sorted(p.name for p in tmp_path.iterdir()) == ["kept.avi"]
 
 
 def test_record_errors(tmp_path):
@@ -129,6 +142,8 @@ def test_record_errors(tmp_path):
         Recorder(tmp_path / "x.gif")
     with pytest.raises(RecordError, match="does not exist"):
         Recorder(tmp_path / "no" / "x.mp4")
+    with pytest.raises(RecordError, match="cannot write in /proc"):
+        Recorder("/proc/x.mp4")
 
 
 # --- the demo command ------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from facemtl.runtime.mirror import FLIP_AVERAGE_HELP
 SUMMARY_STAGES = ("capture", "detect", "crop", "infer", "track", "draw", "output", "analysis", "total")
 
 
-# The live tools' detector: Haar's video setting (facemtl.runtime.detectors.HAAR_PRESETS), the upright
-# frontal cascade alone: between detections a tracked face is followed by its landmarks.
-LIVE_DETECTOR = "haar:video"
+# The live tools' detector: the packaged YuNet, on a copy of the frame 320 pixels on its longer
+# side (`live_detect_size`): between detections a tracked face is followed by its landmarks.
+LIVE_DETECTOR = "yunet"
 
 
 def live_detect_size(detector: str, detect_size: int | None):
@@ -54,6 +54,9 @@ def add_arguments(p) -> None:
     src.add_argument("--retries", type=int, default=3, metavar="N",
                      help="camera: tries to open, and to reopen when it stops (default 3, 1 s apart)")
     src.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    src.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                     help="image files: refuse one of more than N pixels, read from its header before decoding "
+                          "(skipped as a bad frame; default 50000000; 0 = no limit)")
     src.add_argument("--pace", choices=("auto", "on", "off"), default="auto",
                      help="play files and the sample at their frame rate instead of as fast as possible "
                           "(auto: on with --show or --serve)")
@@ -61,8 +64,9 @@ def add_arguments(p) -> None:
     m.add_argument("--model", "-m", metavar="M", default=None,
                    help="a .tflite or .onnx model file, or a folder holding one (default: the packaged model)")
     m.add_argument("--detector", "-d", default=LIVE_DETECTOR, metavar="DET",
-                   help="haar:video (default: the upright frontal cascade alone, at 240 px), haar (also the profile "
-                        "and turned cascades where it finds no face: thorough, slow), yunet:PATH, or none")
+                   help="yunet (default: the packaged YuNet, at 320 px), yunet:PATH, haar:video (OpenCV 4.x's "
+                        "upright frontal cascade alone, at 240 px), haar (also the profile and turned cascades "
+                        "where it finds no face: thorough, slow), or none")
     m.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="detect on a copy whose longer side is PX pixels (default: 240 for haar:video, "
                         "the detector's own for haar, 320 for YuNet; 0 = full size)")
@@ -80,7 +84,20 @@ def add_arguments(p) -> None:
     o.add_argument("--serve", nargs="?", const="127.0.0.1:8080", default=None, metavar="HOST:PORT",
                    help="MJPEG over HTTP with a page of the current attributes (default 127.0.0.1:8080; "
                         "0.0.0.0:8080 to reach it from the network)")
-    o.add_argument("--record", metavar="FILE", help="write the annotated video to FILE (.mp4, .avi, .mkv)")
+    o.add_argument("--allow-host", action="append", default=None, metavar="NAME",
+                   help="--serve: also accept requests whose Host header names NAME (a DNS name the server is "
+                        "reached by; repeat for several). Default: the bound address, localhost and, for 0.0.0.0 "
+                        "or ::, this machine's names and addresses; others get 421 (stops DNS rebinding)")
+    o.add_argument("--auth-token", metavar="TOKEN", default=None,
+                   help="--serve: require this token (?token=TOKEN once, then a cookie; or "
+                        "'Authorization: Bearer TOKEN'); default $FACEMTL_AUTH_TOKEN. Required to serve "
+                        "beyond loopback unless --no-auth")
+    o.add_argument("--no-auth", action="store_true",
+                   help="--serve on a non-loopback address without a token (a network you trust)")
+    o.add_argument("--max-clients", type=int, default=None, metavar="N",
+                   help="--serve: at most N streams at once (default 8); more get 503")
+    o.add_argument("--record", metavar="FILE", help="write the annotated video to FILE (.avi, .mkv, .mp4); .avi and .mkv keep all "
+                        "but the last frames through a crash or kill (in NAME.partial-*.avi), .mp4 does not")
     o.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="one JSON line per frame ({frame, timestamp_ms, faces}) to FILE, or stdout")
     o.add_argument("--summary", metavar="FILE", help="also write the summary as JSON to FILE")
@@ -180,22 +197,21 @@ def run(args) -> int:
         raise CommandError(str(e)) from None
     try:
         source = open_source(args.source, args.width, args.height, args.fps, frames=None,
-                             retries=args.retries)
+                             retries=args.retries, max_pixels=args.max_pixels)
     except (SourceError, ValueError) as e:
         analyzer.close()
         raise CommandError(str(e)) from None
 
     server = recorder = None
     json_out = None
+    summary = None
+    failure: CommandError | None = None
+    closed_stdout = False
     try:
         if args.serve is not None:
-            from facemtl.runtime.live.mjpeg import MjpegServer, parse_address
+            from facemtl.runtime.live.mjpeg import server_from_args
 
-            try:
-                host, port = parse_address(args.serve)
-                server = MjpegServer(host, port).start()
-            except (ValueError, OSError) as e:
-                raise CommandError(f"--serve {args.serve}: {e}") from None
+            server = server_from_args(args)
             print(f"facemtl demo: serving {server.url} (stream: {server.url}stream.mjpg)", file=sys.stderr, flush=True)
         if args.record:
             from facemtl.runtime.live.record import RecordError, Recorder
@@ -205,29 +221,68 @@ def run(args) -> int:
             except RecordError as e:
                 raise CommandError(str(e)) from None
         if args.json is not None:
-            json_out = sys.stdout if args.json == "-" else open(args.json, "w", encoding="utf-8")
+            try:
+                json_out = sys.stdout if args.json == "-" else open(args.json, "w", encoding="utf-8")
+            except OSError as e:
+                raise CommandError(f"--json {args.json}: cannot write: {e.strerror or e}") from None
         summary, code = _loop(args, source, analyzer, server, recorder, json_out, draw)
+        if "output_error" in summary:
+            if summary.get("closed_stdout"):
+                closed_stdout = True
+            else:
+                failure = CommandError(summary["output_error"])
+                code = 2
     finally:
+        # whatever ended the run, the outputs are finished: the JSON lines so far flushed and
+        # closed, the recording so far moved into place (no partial file left behind)
         if json_out is not None and json_out is not sys.stdout:
-            json_out.close()
+            try:
+                json_out.close()
+            except OSError as e:
+                if summary is not None and failure is None:
+                    failure, code = CommandError(f"cannot write {args.json}: {e.strerror or e}"), 2
         if server is not None:
             server.stop()
         source.close()
         analyzer.close()
+        if recorder is not None:
+            from facemtl.runtime.live.record import RecordError
+
+            try:
+                path = recorder.close()
+            except RecordError as e:
+                path = None
+                if summary is not None and failure is None:
+                    failure, code = CommandError(str(e)), 2
+            if summary is not None:
+                summary["recording"] = {"path": str(path) if path else None, "frames": recorder.frames}
         if args.show:
             try:
                 cv2.destroyAllWindows()
             except cv2.error:
                 pass
-    if recorder is not None:
-        path = recorder.close()
-        summary["recording"] = {"path": str(path) if path else None, "frames": recorder.frames}
+    if closed_stdout:
+        from facemtl.runtime.io import quiet_closed_stdout
+
+        quiet_closed_stdout()
+        return 141
+    summary.pop("output_error", None)
+    summary.pop("closed_stdout", None)
+    if summary.pop("source_error_at_start", False):
+        raise CommandError(summary["error"])
     report = sys.stderr if args.json == "-" else sys.stdout
-    print(format_summary(summary), file=report, flush=True)
+    try:
+        print(format_summary(summary), file=report, flush=True)
+    except BrokenPipeError:
+        from facemtl.runtime.io import quiet_closed_stdout
+
+        quiet_closed_stdout()
     if args.summary:
         from facemtl.runtime.io import atomic_write_text
 
         atomic_write_text(args.summary, json.dumps(summary, indent=2) + "\n")
+    if failure is not None:
+        raise failure
     return code
 
 
@@ -248,6 +303,8 @@ def _loop(args, source, analyzer, server, recorder, json_out, draw):
     fps_ema = None
     code = 0
     error = None
+    start_error = False
+    out_error = None
     tty = sys.stderr.isatty() and not args.quiet
     t_start = time.perf_counter()
     last_print = t_start
@@ -264,8 +321,11 @@ def _loop(args, source, analyzer, server, recorder, json_out, draw):
             try:
                 frame = source.read()
             except SourceError as e:
+                # before the first frame the source never worked (an empty video, a folder of
+                # undecodable images): a usage error, exit 2; later, a camera that went away, exit 1
                 error = str(e)
                 code = 1
+                start_error = n == 0
                 break
             if frame is None:
                 break
@@ -285,9 +345,15 @@ def _loop(args, source, analyzer, server, recorder, json_out, draw):
             if server is not None:
                 server.publish(frame.image, {**record, "fps": fps_ema})
             if json_out is not None:
-                json_out.write(json.dumps(record) + "\n")
-                if json_out is sys.stdout:
-                    json_out.flush()
+                try:
+                    json_out.write(json.dumps(record) + "\n")
+                    if json_out is sys.stdout:
+                        json_out.flush()
+                except OSError as e:  # a full disk, a closed pipe: end the run, keep what was written
+                    from facemtl.runtime.io import OutputError
+
+                    out_error = OutputError("stdout" if json_out is sys.stdout else str(args.json), e)
+                    break
             if args.show:
                 cv2.imshow("facemtl", frame.image)
                 if cv2.waitKey(1) & 0xFF in (27, ord("q")):
@@ -334,6 +400,10 @@ def _loop(args, source, analyzer, server, recorder, json_out, draw):
                              "frames_scored": len(errors), "frames_missed": missed}
     if error:
         summary["error"] = error
+        summary["source_error_at_start"] = start_error
+    if out_error is not None:
+        summary["output_error"] = str(out_error)
+        summary["closed_stdout"] = out_error.closed_stdout
     return summary, code
 
 

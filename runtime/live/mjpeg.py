@@ -6,26 +6,51 @@ Standard library only (http.server's ThreadingHTTPServer) plus cv2.imencode.
     GET /stream.mjpg  multipart/x-mixed-replace JPEG stream (any browser, VLC, ffplay)
     GET /frame.jpg    the latest frame, once
     GET /state.json   {"frame", "timestamp_ms", "fps", "faces": [...]} of the latest frame
+    HEAD              any of them, headers only
 
 The main loop calls `publish(frame, state)`; the frame is copied only while someone is
 watching, and JPEG encoding happens in the client threads (once per frame, shared by all
-clients), so an unwatched server costs the loop almost nothing. Binds 127.0.0.1 unless told otherwise:
-on a Pi reach it through an SSH tunnel (`ssh -L 8080:localhost:8080 pi`) or bind 0.0.0.0
-on a trusted network. `stop()` closes the socket and ends every client stream.
+clients), so an unwatched server costs the loop almost nothing.
+
+What keeps it standing on a network (docs/live.md, "Serving"):
+- every connection has a socket timeout (`timeout`, 10 s): a client that sends half a
+  request, or stops reading its stream, loses its connection instead of holding a thread;
+- at most `max_connections` connections at once (256; more are closed at once) and at most
+  `max_clients` streams (8; more get 503), with a listen backlog of `backlog` (128);
+- the `Host` header must name this server (its bound address, localhost, an IP address,
+  this machine's name, or a name given in `allowed_hosts`), else 421: a web page on another
+  site cannot reach it by DNS rebinding;
+- with `token` set, every request needs it: `?token=T` (which sets a cookie for the page's
+  own requests), `Authorization: Bearer T`, or basic auth with T as the password (else 401).
+  `server_from_args` refuses to serve beyond loopback without a token unless told `--no-auth`.
+Binds 127.0.0.1 unless told otherwise; IPv6 as `[::1]:8080` or `[::]:8080`. `stop()` closes
+the socket and every open connection, streams and half-sent requests alike.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
+import ipaddress
 import json
+import logging
+import os
+import socket
 import threading
+from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 BOUNDARY = "facemtlframe"
+TOKEN_ENV = "FACEMTL_AUTH_TOKEN"
+COOKIE = "facemtl_token"
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>facemtl live</title>
@@ -64,12 +89,17 @@ poll();
 
 
 def parse_address(text: str | None) -> tuple[str, int]:
-    """`HOST:PORT`, `:PORT` or `PORT` (host 127.0.0.1), or empty (127.0.0.1:8080)."""
+    """`HOST:PORT`, `[IPV6]:PORT`, `:PORT` or `PORT` (host 127.0.0.1), or empty (127.0.0.1:8080)."""
     if not text:
         return DEFAULT_HOST, DEFAULT_PORT
-    host, sep, port = str(text).rpartition(":")
-    if not sep:
+    text = str(text).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or (text.startswith("[") and "]" not in text) or (not text.startswith("[") and ":" in host):
+        if text.startswith("[") or ":" in host:
+            raise ValueError(f"--serve wants HOST:PORT with an IPv6 host in brackets ([::1]:8080), got {text!r}")
         host, port = "", text
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"--serve: unbalanced brackets in {text!r}")
     host = host.strip("[]") or DEFAULT_HOST
     try:
         p = int(port)
@@ -80,36 +110,158 @@ def parse_address(text: str | None) -> tuple[str, int]:
     return host, p
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(value: str) -> str:
+    """The host part of a Host header (`name`, `name:port`, `[v6]:port`), lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a larger backlog, IPv6, a bound on open connections, and a
+    record of them so `stop()` can end every one."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address, handler, max_connections: int, backlog: int):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.request_queue_size = int(backlog)
+        self.max_connections = int(max_connections)
+        self.connections: set[socket.socket] = set()
+        self.refused = 0
+        self._lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # "::" serves IPv4 too where the system allows it; "::1" only loopback v6
+            try:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except (OSError, AttributeError):
+                pass
+        super().server_bind()
+
+    def process_request(self, request, client_address) -> None:
+        with self._lock:
+            if len(self.connections) >= self.max_connections:
+                self.refused += 1
+                full = True
+            else:
+                self.connections.add(request)
+                full = False
+        if full:  # no thread for it: the cheapest answer to a flood is a closed socket
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._lock:
+            conns = list(self.connections)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or send
+            except OSError:
+                pass
+
+
+def local_names() -> set[str]:
+    """This machine's names and addresses, for the Host check of a wildcard bind."""
+    names = {"localhost"}
+    try:
+        hn = socket.gethostname().lower()
+        names.update({hn, f"{hn}.local", socket.getfqdn().lower()})
+    except OSError:
+        pass
+    return {n.rstrip(".") for n in names if n}
+
+
 class MjpegServer:
     """The HTTP server on a daemon thread. `start()`, then `publish()` per frame, `stop()`."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, quality: int = 80):
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, quality: int = 80, *,
+                 max_clients: int = 8, max_connections: int = 256, timeout: float = 10.0, backlog: int = 128,
+                 allowed_hosts: list[str] | tuple[str, ...] = (), token: str | None = None):
+        if max_clients < 1 or max_connections < 1 or timeout <= 0 or backlog < 1:
+            raise ValueError("max_clients, max_connections and backlog must be >= 1, timeout > 0")
+        if token is not None and not token.strip():
+            raise ValueError("the auth token is empty")
         self.host = host
         self.quality = int(quality)
+        self.max_clients = int(max_clients)
+        self.timeout = float(timeout)
+        self.token = token
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._seq = 0
         self._jpeg: tuple[int, bytes] | None = None   # (seq, bytes) of the last encoding
         self._state: dict = {"frame": None, "faces": []}
         self._stopping = False
-        self.clients = 0
+        self.clients = 0     # viewers waiting for frames (streams and /frame.jpg): frames are copied for them
+        self.streams = 0     # open /stream.mjpg connections, at most max_clients
+        self.rejected = {"host": 0, "auth": 0, "busy": 0}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = self.timeout  # StreamRequestHandler puts it on the socket: reads and writes
 
             def log_message(self, *args) -> None:  # quiet: one line per frame would flood a journal
                 pass
 
+            def do_HEAD(self) -> None:
+                self._route(head=True)
+
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
+                self._route(head=False)
+
+            def _route(self, head: bool) -> None:
+                self._head = head
+                url = urlsplit(self.path)
+                path = url.path
+                if not server._host_ok(self.headers.get("Host")):
+                    server._count("host")
+                    self._send(421, "text/plain", b"this server is not reached by that name: use its address, "
+                                                  b"or start it with --allow-host NAME\n")
+                    return
+                cookie = None
+                if server.token is not None:
+                    query_token = parse_qs(url.query).get("token", [None])[0]
+                    if not server._authorized(self.headers, query_token):
+                        server._count("auth")
+                        self._send(401, "text/plain", b"this server needs its token: open /?token=TOKEN\n",
+                                   extra={"WWW-Authenticate": 'Basic realm="facemtl", charset="UTF-8"'})
+                        return
+                    if query_token is not None:
+                        cookie = f"{COOKIE}={server.token}; Path=/; HttpOnly; SameSite=Strict"
+                extra = {"Set-Cookie": cookie} if cookie else {}
                 if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", PAGE.encode())
+                    self._send(200, "text/html; charset=utf-8", PAGE.encode(), extra)
                 elif path == "/state.json":
                     with server._cond:
                         body = json.dumps(server._state).encode()
-                    self._send(200, "application/json", body)
+                    self._send(200, "application/json", body, extra)
                 elif path == "/frame.jpg":
+                    if head:
+                        self._send(200, "image/jpeg", b"", extra, length=False)
+                        return
                     with server._cond:   # counts as a viewer until the next frame comes
                         server.clients += 1
                         after = server._seq
@@ -121,29 +273,50 @@ class MjpegServer:
                     if jpeg is None:
                         self._send(503, "text/plain", b"no frame yet\n")
                     else:
-                        self._send(200, "image/jpeg", jpeg[1])
+                        self._send(200, "image/jpeg", jpeg[1], extra)
                 elif path == "/stream.mjpg":
-                    self._stream()
+                    self._stream(extra)
                 else:
                     self._send(404, "text/plain", b"not found: try / or /stream.mjpg\n")
 
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
+            def _send(self, code: int, ctype: str, body: bytes, extra: dict | None = None,
+                      length: bool = True) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                if length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                if code >= 400 and code != 404:
+                    self.close_connection = True
+                    self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(body)
+                if not self._head:
+                    self.wfile.write(body)
 
-            def _stream(self) -> None:
+            def _stream(self, extra: dict) -> None:
                 self.close_connection = True
+                with server._cond:
+                    busy = server.streams >= server.max_clients
+                    if not busy and not self._head:
+                        server.streams += 1
+                        server.clients += 1
+                if busy:
+                    server._count("busy")
+                    self._send(503, "text/plain", f"busy: {server.max_clients} streams already; try again later\n"
+                               .encode(), {"Retry-After": "5"})
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("Connection", "close")
+                for k, v in extra.items():
+                    self.send_header(k, v)
                 self.end_headers()
-                with server._cond:
-                    server.clients += 1
+                if self._head:
+                    return
                 seq = 0
                 try:
                     while True:
@@ -154,26 +327,82 @@ class MjpegServer:
                             continue
                         seq = jpeg[0]
                         self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                         f"Content-Length: {len(jpeg[1])}\r\n\r\n".encode())
-                        self.wfile.write(jpeg[1])
-                        self.wfile.write(b"\r\n")
+                                         f"Content-Length: {len(jpeg[1])}\r\n\r\n".encode() + jpeg[1] + b"\r\n")
                         self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError, OSError):
-                    return  # the viewer went away
+                    return  # the viewer went away, or stopped reading for `timeout` seconds
                 finally:
                     with server._cond:
+                        server.streams -= 1
                         server.clients -= 1
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        self._allowed = {_host_name(h) for h in allowed_hosts if h.strip()}
+        self._allowed.add(_host_name(host) if ":" not in host else host.lower())
+        self._allowed.add("localhost")
+        if host in ("0.0.0.0", "::", ""):
+            self._allowed |= local_names()
+        self._httpd = _Server((host, port), Handler, max_connections=max_connections, backlog=backlog)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="facemtl-mjpeg", daemon=True)
 
+    # --- checks -----------------------------------------------------------------------------
+    def _count(self, what: str) -> None:
+        with self._cond:
+            self.rejected[what] += 1
+
+    def _host_ok(self, header: str | None) -> bool:
+        """An IP address, or a name this server answers to. A request without a Host header
+        (HTTP/1.0 tools) passes: browsers, which DNS rebinding needs, always send one."""
+        if header is None:
+            return True
+        name = _host_name(header)
+        if name in self._allowed:
+            return True
+        try:
+            ipaddress.ip_address(name)  # an address cannot be rebound to another machine
+            return True
+        except ValueError:
+            return False
+
+    def _authorized(self, headers, query_token: str | None) -> bool:
+        want = self.token.encode()
+        candidates = []
+        if query_token is not None:
+            candidates.append(query_token)
+        auth = headers.get("Authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer":
+            candidates.append(value.strip())
+        elif scheme.lower() == "basic":
+            try:
+                candidates.append(base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2])
+            except (ValueError, UnicodeDecodeError):
+                pass
+        for raw in headers.get_all("Cookie") or ():
+            try:
+                jar = SimpleCookie(raw)
+            except Exception:  # noqa: BLE001 - a malformed cookie is no cookie
+                continue
+            if COOKIE in jar:
+                candidates.append(jar[COOKIE].value)
+        # compare_digest on every candidate: no early exit that times the token
+        ok = False
+        for c in candidates:
+            ok |= hmac.compare_digest(c.encode("utf-8", "replace"), want)
+        return ok
+
+    # --- serving ----------------------------------------------------------------------------
     @property
     def url(self) -> str:
         host = "localhost" if self.host in ("127.0.0.1", "::1", "localhost") else self.host
+        if ":" in host:
+            host = f"[{host}]"
         return f"http://{host}:{self.port}/"
+
+    @property
+    def connections(self) -> int:
+        return len(self._httpd.connections)
 
     def start(self) -> "MjpegServer":
         self._thread.start()
@@ -214,7 +443,8 @@ class MjpegServer:
         return jpeg
 
     def stop(self) -> None:
-        """Stop serving, end every client stream, close the socket. Safe to call twice."""
+        """Stop serving, end every client stream and open connection, close the socket.
+        Safe to call twice."""
         with self._cond:
             if self._stopping:
                 return
@@ -224,9 +454,34 @@ class MjpegServer:
             self._httpd.shutdown()
             self._thread.join(timeout=5.0)
         self._httpd.server_close()
+        self._httpd.close_connections()
 
     def __enter__(self) -> "MjpegServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def server_from_args(args) -> MjpegServer:
+    """The server `facemtl demo --serve` asks for, started; CommandError for a bad address,
+    a port in use, or a non-loopback bind without a token (unless --no-auth)."""
+    from facemtl.runtime.cli import CommandError
+
+    try:
+        host, port = parse_address(args.serve)
+    except ValueError as e:
+        raise CommandError(f"--serve {args.serve}: {e}") from None
+    token = getattr(args, "auth_token", None) or os.environ.get(TOKEN_ENV) or None
+    if token is None and not is_loopback(host) and not getattr(args, "no_auth", False):
+        raise CommandError(f"--serve {args.serve}: serving beyond this machine needs a token (--auth-token T or "
+                           f"${TOKEN_ENV}); add --no-auth to serve a trusted network without one")
+    max_clients = getattr(args, "max_clients", None) or 8
+    try:
+        return MjpegServer(host, port, max_clients=max_clients, allowed_hosts=getattr(args, "allow_host", None) or (),
+                           token=token).start()
+    except (ValueError, OSError) as e:
+        raise CommandError(f"--serve {args.serve}: {e}") from None
+
+
+__all__ = ["MjpegServer", "parse_address", "server_from_args", "is_loopback", "BOUNDARY", "TOKEN_ENV"]

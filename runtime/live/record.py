@@ -1,13 +1,23 @@
-"""`--record FILE`: the annotated frames as a video file, written atomically.
+"""`--record FILE`: the annotated frames as a video file, written atomically and kept
+through a crash.
 
-Frames go to a temporary file beside the target (same suffix, so OpenCV picks the same
-container); `close()` moves it into place, so FILE is either the whole recording or absent
-(an interrupted run leaves no half-written file, and an old FILE stays until the new one is
-complete). The codec follows the suffix: .mp4 mp4v, .avi MJPG, .mkv MJPG, .mov mp4v.
+Frames go to a visible partial file beside the target, `NAME.partial-XXXX.SUFFIX` (same
+suffix, so OpenCV picks the same container); `close()` moves it over FILE, so FILE is
+either a whole recording or absent, and an old FILE stays until the new one is complete.
+The loop failing (a full disk, a camera gone) still closes the recording: what was written
+is kept. The codec follows the suffix: .avi MJPG, .mkv MJPG, .mp4/.m4v/.mov mp4v.
+
+Killed (SIGKILL, power cut), the process cannot close anything; what survives is the
+partial file, and whether it plays depends on the container (`python bench/record_kill.py`,
+640x480 at 30 fps, killed after 300 frames, frames OpenCV reads back): .avi (MJPEG) 300,
+.mkv (MJPEG) 298, .mp4 (mp4v) 0, since an MP4's index is written at the end and OpenCV's
+FFmpeg writer takes no `movflags` for a fragmented one. So .avi is the container for
+unattended recording (docs/live.md), and .mp4 only where the run ends normally.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +26,9 @@ import cv2
 import numpy as np
 
 from facemtl.runtime.errors import RecordError  # noqa: F401 (re-exported)
+from facemtl.runtime.io import new_file_mode
+
+log = logging.getLogger(__name__)
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
@@ -38,15 +51,19 @@ class Recorder:
             fourcc = FOURCC[suffix]
         if not self.path.parent.is_dir():
             raise RecordError(f"{path}: the folder {self.path.parent} does not exist")
-        if not fps or fps <= 0:
+        if not fps or not np.isfinite(fps) or fps <= 0:
             raise RecordError(f"fps must be positive, got {fps}")
         self.fps = float(fps)
         self.fourcc = fourcc
         self.frames = 0
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".part{suffix}", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{self.path.stem}.partial-", suffix=suffix, dir=self.path.parent)
+        except OSError as e:
+            raise RecordError(f"{path}: cannot write in {self.path.parent}: {e.strerror or e}") from None
         os.close(fd)
+        os.chmod(tmp, new_file_mode(self.path))  # mkstemp makes it 0600: give it the mode a new file gets
         self._tmp = Path(tmp)
         self._closed = False
 
@@ -78,7 +95,11 @@ class Recorder:
         if self.frames == 0:
             self._tmp.unlink(missing_ok=True)
             return None
-        os.replace(self._tmp, self.path)
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            raise RecordError(f"{self.path}: cannot move the recording into place ({e.strerror or e}); "
+                              f"its frames are in {self._tmp}") from None
         return self.path
 
     def abort(self) -> None:
@@ -92,7 +113,6 @@ class Recorder:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is None or exc_type is KeyboardInterrupt:
-            self.close()
-        else:
-            self.abort()
+        # a failure of the loop (a full disk for another output, a camera gone) is no reason to
+        # lose the frames recorded so far: keep them, as a run that ended normally would
+        self.close()

@@ -356,26 +356,50 @@ class VideoFileSource(Source):
         self.fps = fps if fps and 0 < fps < 1000 else 30.0
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self._max_bad_run = max_bad_run
-        self._index = 0
+        self._index = 0      # the number of the next frame: frames delivered plus real bad frames
+        self.delivered = 0
+        self._warned = False
 
     def read(self) -> Frame | None:
-        run = 0
+        # A failed read is only a bad frame if a good one follows it: a truncated file (or one
+        # whose header overstates its length) fails every read after its last real frame, and
+        # those are no frames at all. So failures are held as `pending` until a frame decodes.
+        pending = 0
         while True:
             if self._cap is None:
-                return None
-            ok, image = self._cap.read()
-            index = self._index
-            self._index += 1
+                return self._end(pending)
+            try:
+                ok, image = self._cap.read()
+            except cv2.error as e:  # a decoder error is a failed read of this frame
+                log.debug("%s: frame %d: %s", self.name, self._index + pending, e)
+                ok, image = False, None
             if ok and _valid(image):
+                self.bad += pending
+                index = self._index + pending
+                self._index = index + 1
+                self.delivered += 1
                 return Frame(_as_bgr(image), index, 1000.0 * index / self.fps)
-            # a failed read before the stated end is a bad frame: skip it, up to a run of them
-            if not ok and (self.frame_count <= 0 or index >= self.frame_count):
-                self._index -= 1
-                return None
-            self.bad += 1
-            run += 1
-            if run >= self._max_bad_run:
-                return None
+            if ok:  # decoded, but not a usable image: a real frame, and a bad one
+                self.bad += pending + 1
+                self._index += pending + 1
+                pending = 0
+                if self.bad >= self._max_bad_run and self.delivered == 0:
+                    return self._end(0)
+                continue
+            # a failed read at or past the stated end is the end; before it, maybe a bad frame
+            if self.frame_count <= 0 or self._index + pending >= self.frame_count or pending >= self._max_bad_run:
+                return self._end(pending)
+            pending += 1
+
+    def _end(self, pending: int) -> None:
+        if self.delivered == 0:
+            raise SourceError(f"{self.name}: no decodable frame in this video (empty, truncated before its first "
+                              "frame, or a codec OpenCV lacks)")
+        if self.frame_count > 0 and self._index < self.frame_count and not self._warned:
+            self._warned = True
+            log.warning("%s: the video ends after %d frames, though its header says %d (a truncated file?)",
+                        self.name, self._index, self.frame_count)
+        return None
 
     def close(self) -> None:
         if self._cap is not None:
@@ -384,30 +408,43 @@ class VideoFileSource(Source):
 
 
 class ImageFilesSource(Source):
-    """Image files as the frames of a stream, in the order given; unreadable ones skipped."""
+    """Image files as the frames of a stream, in the order given; unreadable ones skipped
+    (counted in `bad`, each logged with its reason). Each file's size is checked against
+    `max_pixels` from its header before decoding (`facemtl.runtime.images`); a stream none of
+    whose files decodes is a SourceError when it ends."""
 
-    def __init__(self, paths: list[str | os.PathLike], fps: float = 30.0):
+    def __init__(self, paths: list[str | os.PathLike], fps: float = 30.0, max_pixels: int | None = None):
         super().__init__()
+        from facemtl.runtime.images import DEFAULT_MAX_PIXELS
+
         if not paths:
             raise SourceError("no image files given")
         self.paths = [Path(p) for p in paths]
         self.name = str(self.paths[0].parent if len(self.paths) > 1 else self.paths[0])
         self.fps = fps
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
+        self.delivered = 0
         self._i = 0
 
     def read(self) -> Frame | None:
+        from facemtl.runtime.errors import ImageError
+        from facemtl.runtime.images import read_image
+
         while self._i < len(self.paths):
             i = self._i
             self._i += 1
             try:
-                data = np.fromfile(str(self.paths[i]), dtype=np.uint8)
-                image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-            except OSError:
+                image = read_image(self.paths[i], self.max_pixels)
+            except (ImageError, cv2.error, MemoryError) as e:
+                log.warning("%s", str(e).splitlines()[0] if str(e) else f"{self.paths[i]}: {type(e).__name__}")
                 image = None
             if image is None or not _valid(image):
                 self.bad += 1
                 continue
+            self.delivered += 1
             return Frame(image, i, 1000.0 * i / self.fps)
+        if self.delivered == 0:
+            raise SourceError(f"{self.name}: none of its {len(self.paths)} image file(s) could be decoded")
         return None
 
 
@@ -445,12 +482,14 @@ class SampleSource(Source):
 
 
 def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 30.0, frames: int | None = None,
-                retries: int = 3, retry_delay: float = 1.0, noise: float = 2.5) -> Source:
+                retries: int = 3, retry_delay: float = 1.0, noise: float = 2.5,
+                max_pixels: int | None = None) -> Source:
     """A source from its command-line name:
 
     `sample`, `sample:still`, `sample:exit` (built-in stream); `0`, `1`, ... or `/dev/videoN`
     (V4L2 camera); `picam` (Pi camera module via picamera2); `rtsp://...`, `http://...`
     (network camera); a video file; an image file, a folder of images or a glob pattern.
+    `max_pixels`: the cap on each image file (None: the default, 0: none).
     """
     spec = str(spec).strip()
     name, _, arg = spec.partition(":")
@@ -469,13 +508,13 @@ def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 30.
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         if not files:
             raise SourceError(f"{spec}: no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in this folder")
-        return ImageFilesSource(files, fps)
+        return ImageFilesSource(files, fps, max_pixels)
     if p.is_file():
         if p.suffix.lower() in IMAGE_SUFFIXES:
-            return ImageFilesSource([p], fps)
+            return ImageFilesSource([p], fps, max_pixels)
         return VideoFileSource(p)
     if any(c in spec for c in "*?["):
         files = sorted(glob.glob(spec))
         if files:
-            return ImageFilesSource(files, fps)
+            return ImageFilesSource(files, fps, max_pixels)
     raise SourceError(f"{spec!r} is not a camera index, 'picam', 'sample', or an existing file or folder")
