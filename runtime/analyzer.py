@@ -149,10 +149,7 @@ def _spec_beside(path: Path, spec: ModelSpec) -> ModelSpec:
         file = path.parent.parent / "spec.json"
     if not file.is_file():
         return spec
-    try:
-        beside = ModelSpec.load(file)
-    except SpecError:
-        return spec
+    beside = ModelSpec.load(file)  # there but invalid (a NaN calibration): an error naming it, never ignored
     same = (beside.input == spec.input and beside.heads == spec.heads
             and beside.crop.scale == spec.crop.scale and beside.crop.shift_y == spec.crop.shift_y)
     if not same or not beside.crop.calibrations:

@@ -148,8 +148,9 @@ class TFLiteFile:
             self.metadata = self._read_metadata()
             self.operator_codes = self._read_operator_codes()
             self.tensors = self._read_tensors()
-        except (_Corrupt, struct.error, UnicodeDecodeError) as e:
-            raise ModelFileError(f"{path}: corrupt TFLite model ({e})") from None
+        except (_Corrupt, struct.error, UnicodeDecodeError, ValueError, IndexError, OverflowError, RecursionError,
+                MemoryError) as e:
+            raise ModelFileError(f"{path}: corrupt TFLite model ({e or type(e).__name__})") from None
 
     @classmethod
     def read(cls, path: str | Path) -> "TFLiteFile":

@@ -142,8 +142,31 @@ def _signature_details(interpreter, key: str) -> tuple[dict, dict]:
     return details
 
 
+# What interpreters raise for a file they cannot load, allocate or run: LiteRT and onnxruntime
+# raise RuntimeError and ValueError (and ORT its own types); a corrupt shape or type can also
+# surface as any of the rest. Each becomes a ModelFileError naming the file.
+_INTERPRETER_ERRORS = (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError,
+                       AttributeError, SystemError)
+
+
+def _check_finite(path: Path, out: dict[str, np.ndarray]) -> None:
+    """A model that answers NaN or inf for a finite crop is broken (a corrupt weight): refuse
+    it here rather than let NaN landmarks reach the crop of the next frame."""
+    for name, y in out.items():
+        if not np.isfinite(y).all():
+            raise ModelFileError(f"{path}: output {name!r} is not finite (NaN or inf); the file's weights are corrupt")
+
+
 class TFLiteBackend(Backend):
     def __init__(self, path: Path, threads: int = 1, data: bytes | None = None):
+        try:
+            self._load(path, threads, data)
+        except ModelFileError:
+            raise
+        except _INTERPRETER_ERRORS as e:
+            raise ModelFileError(f"{path}: the TFLite interpreter cannot load it ({_one_line(e)})") from None
+
+    def _load(self, path: Path, threads: int, data: bytes | None) -> None:
         tfl = TFLiteFile.read(path) if data is None else TFLiteFile(data, path)
         metadata = {}
         for k, v in tfl.metadata.items():
@@ -157,8 +180,8 @@ class TFLiteBackend(Backend):
         try:
             self._it = Interpreter(model_content=tfl.data, num_threads=int(threads))
             signatures = self._it.get_signature_list()
-        except (ValueError, RuntimeError) as e:
-            raise ModelFileError(f"{path}: the TFLite interpreter cannot load it ({e})") from None
+        except _INTERPRETER_ERRORS as e:
+            raise ModelFileError(f"{path}: the TFLite interpreter cannot load it ({_one_line(e)})") from None
         if len(signatures) != 1:
             raise ModelFileError(f"{path}: expected one signature, found {sorted(signatures) or 'none'}; "
                                  "outputs are bound by signature output name")
@@ -182,7 +205,12 @@ class TFLiteBackend(Backend):
         self._prepare_quantization()
         self._dynamic = int(in_details["shape_signature"][0]) == -1
         self._batch = int(in_details["shape"][0])
-        self._it.allocate_tensors()
+        if self._batch < 1:
+            raise ModelFileError(f"{path}: input batch size {self._batch}")
+        try:
+            self._it.allocate_tensors()
+        except _INTERPRETER_ERRORS as e:
+            raise ModelFileError(f"{path}: the TFLite interpreter cannot allocate its tensors ({_one_line(e)})") from None
 
     def _check_recorded_quantization(self) -> None:
         """An integer file's spec records its I/O quantization; the tensors must agree with it."""
@@ -253,14 +281,25 @@ class TFLiteBackend(Backend):
             else:
                 y = np.subtract(y, dq[0], dtype=np.float32)
                 y *= dq[1]
-            out[name] = y.reshape(n, -1)
+            out[name] = y.reshape(n, -1) if y.size % max(n, 1) == 0 else y
         return out
 
     def _run_chunk(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self._dynamic or len(batch) == self._batch:
-            return self._invoke(batch)
-        parts = [self._invoke(batch[i:i + self._batch]) for i in range(0, len(batch), self._batch)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if self._it is None:
+            raise ModelFileError(f"{self.path}: the model is closed")
+        try:
+            if self._dynamic or len(batch) == self._batch:
+                out = self._invoke(batch)
+            else:
+                parts = [self._invoke(batch[i:i + self._batch]) for i in range(0, len(batch), self._batch)]
+                out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        except ModelFileError:
+            raise
+        except _INTERPRETER_ERRORS as e:
+            raise ModelFileError(f"{self.path}: the TFLite interpreter failed to run it ({_one_line(e)})") from None
+        _check_shapes(self.path, self.spec, len(batch), out)
+        _check_finite(self.path, out)
+        return out
 
     def close(self) -> None:
         self._it = None
@@ -270,6 +309,14 @@ class TFLiteBackend(Backend):
 
 class ONNXBackend(Backend):
     def __init__(self, path: Path, threads: int = 1, data: bytes | None = None):
+        try:
+            self._load(path, threads, data)
+        except ModelFileError:
+            raise
+        except _INTERPRETER_ERRORS as e:
+            raise ModelFileError(f"{path}: onnxruntime cannot load it ({_one_line(e)})") from None
+
+    def _load(self, path: Path, threads: int, data: bytes | None) -> None:
         self._sess = onnx_session(path, threads, data=data)
         metadata = dict(self._sess.get_modelmeta().custom_metadata_map)
         spec = spec_from_metadata(path, metadata)
@@ -288,17 +335,40 @@ class ONNXBackend(Backend):
         self._batch = shape[0]  # -1: any batch size
 
     def _run_chunk(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._sess is None:
+            raise ModelFileError(f"{self.path}: the model is closed")
         step = len(batch) if self._batch == -1 else self._batch
+        if step < 1:
+            raise ModelFileError(f"{self.path}: input batch size {step}")
         parts = []
-        for i in range(0, len(batch), step):
-            ys = self._sess.run(self._names, {self._input: batch[i:i + step]})
-            parts.append({n: np.asarray(y, np.float32).reshape(len(y), -1) for n, y in zip(self._names, ys)})
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        try:
+            for i in range(0, len(batch), step):
+                ys = self._sess.run(self._names, {self._input: batch[i:i + step]})
+                parts.append({n: np.asarray(y, np.float32).reshape(len(y), -1) for n, y in zip(self._names, ys)})
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types (Fail, InvalidArgument, ...)
+            raise ModelFileError(f"{self.path}: onnxruntime failed to run it ({_one_line(e)})") from None
+        out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        _check_shapes(self.path, self.spec, len(batch), out)
+        _check_finite(self.path, out)
+        return out
 
     def close(self) -> None:
         self._sess = None
+
+
+def _check_shapes(path: Path, spec: ModelSpec, n: int, out: dict[str, np.ndarray]) -> None:
+    for h in spec.heads:
+        y = out.get(h.name)
+        if y is None or y.shape != (n, h.units):
+            raise ModelFileError(f"{path}: output {h.name!r} came out with shape "
+                                 f"{None if y is None else y.shape}, expected ({n}, {h.units})")
+
+
+def _one_line(e: BaseException) -> str:
+    """An interpreter's message in one line (LiteRT's span several: file, check, node)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = "; ".join(lines) if lines else type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 _BACKENDS = {TFLITE: TFLiteBackend, ONNX: ONNXBackend}

@@ -28,6 +28,28 @@ LANDMARK_FLIP = (1, 0, 2, 4, 3)
 REGRESSION = "regression"
 CLASSIFICATION = "classification"
 
+# Bounds that no real model comes near; a spec outside them is corrupt or hostile, and would
+# otherwise fail far from here (a 10^9-pixel crop, a 10^9-unit output).
+MAX_INPUT_SIZE = 1024
+MAX_UNITS = 4096
+
+
+def _number(field: str, value: Any, *, positive: bool = False, minimum: float | None = None,
+            maximum: float | None = None, integer: bool = False) -> None:
+    """SpecError naming `field` unless `value` is a finite number in range (NaN, inf, a string,
+    a bool, a non-integer where an integer is due: all refused)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        v = float(value)
+        ok = np.isfinite(v) and (not integer or v == int(v))
+        ok = ok and (not positive or v > 0) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum)
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        bounds = [" > 0" if positive else "", f" >= {minimum:g}" if minimum is not None else "",
+                  f" <= {maximum:g}" if maximum is not None else ""]
+        raise SpecError(f"{field} must be {kind}{''.join(b for b in bounds if b) and ','.join(b for b in bounds if b)}, "
+                        f"got {value!r}")
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -44,8 +66,11 @@ class InputSpec:
     min_std: float = 8.0
 
     def __post_init__(self) -> None:
+        _number("input.size", self.size, integer=True, maximum=MAX_INPUT_SIZE)
         if self.size < 8:
             raise SpecError(f"input size {self.size} is too small; use at least 8 pixels")
+        _number("input.channels", self.channels, integer=True)
+        _number("input.min_std", self.min_std, positive=True)
         if self.channels != 1:
             raise SpecError(f"only grey input (channels=1) is supported, got {self.channels}")
         if self.normalization != "standardize":
@@ -69,6 +94,14 @@ class BoxCalibration:
     dy: float = 0.0
     scale: float = 1.0
     faces: int = 0  # how many MTFL faces the fit used; 0 for a default, unmeasured mapping
+
+    def __post_init__(self) -> None:
+        # a NaN or inf scale crashes at the first face; 0 gives empty crops; a negative one
+        # silently turns every face 180 degrees
+        _number("dx", self.dx)
+        _number("dy", self.dy)
+        _number("scale", self.scale, positive=True)
+        _number("faces", self.faces, integer=True, minimum=0)
 
     def apply(self, box: np.ndarray) -> np.ndarray:
         """(N, 4) x, y, w, h boxes -> (N, 3) cx, cy, side squares."""
@@ -99,8 +132,11 @@ class CropPolicy:
     def __post_init__(self) -> None:
         if self.mode not in ("landmarks", "image"):
             raise SpecError(f"unknown crop mode {self.mode!r}; use 'landmarks' or 'image'")
-        if self.scale <= 0:
-            raise SpecError(f"crop scale must be positive, got {self.scale}")
+        _number("crop.scale", self.scale, positive=True)
+        _number("crop.shift_y", self.shift_y)
+        for name, cal in dict(self.calibrations).items():
+            if not isinstance(cal, BoxCalibration):
+                raise SpecError(f"crop.calibrations[{name!r}] must be a calibration, got {type(cal).__name__}")
 
     def calibration(self, detector: str) -> BoxCalibration:
         try:
@@ -133,8 +169,14 @@ class HeadSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").isalnum():
+        if not isinstance(self.name, str) or not self.name or not self.name.replace("_", "").isalnum():
             raise SpecError(f"head name {self.name!r} must be a non-empty identifier")
+        _number(f"heads[{self.name!r}].units", self.units, integer=True, minimum=1, maximum=MAX_UNITS)
+        _number(f"heads[{self.name!r}].loss_weight", self.loss_weight)
+        _number(f"heads[{self.name!r}].tolerance", self.tolerance, minimum=0)
+        _number(f"heads[{self.name!r}].min_agreement", self.min_agreement, minimum=0, maximum=1)
+        if isinstance(self.labels, (str, bytes)) or not all(isinstance(x, str) for x in self.labels):
+            raise SpecError(f"heads[{self.name!r}].labels must be a list of strings, got {self.labels!r}")
         if self.kind not in (REGRESSION, CLASSIFICATION):
             raise SpecError(f"head {self.name!r}: kind must be {REGRESSION!r} or {CLASSIFICATION!r}")
         if self.kind == CLASSIFICATION and len(self.labels) != self.units:
@@ -182,6 +224,13 @@ class QuantParams:
     zero_point: int
     dtype: str = "int8"
 
+    def __post_init__(self) -> None:
+        if self.dtype not in ("int8", "uint8", "int16", "uint16", "int32"):
+            raise SpecError(f"quantization dtype must be an integer type (int8, uint8, ...), got {self.dtype!r}")
+        info = np.iinfo(self.dtype)
+        _number("quantization scale", self.scale, positive=True)
+        _number("quantization zero_point", self.zero_point, integer=True, minimum=info.min, maximum=info.max)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -197,6 +246,10 @@ class ModelSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
         object.__setattr__(self, "landmark_names", tuple(self.landmark_names))
+        if not all(isinstance(h, HeadSpec) for h in self.heads):
+            raise SpecError("heads must be head specs")
+        if not self.landmark_names or not all(isinstance(n, str) and n for n in self.landmark_names):
+            raise SpecError(f"landmark_names must be a non-empty list of names, got {self.landmark_names!r}")
         names = [h.name for h in self.heads]
         if len(set(names)) != len(names):
             raise SpecError(f"head names must be unique, got {names}")
@@ -245,26 +298,38 @@ class ModelSpec:
             if version > SPEC_VERSION:
                 raise SpecError(f"spec version {version} is newer than this facemtl understands ({SPEC_VERSION}); upgrade facemtl")
             crop = dict(d.get("crop", {}))
-            crop["calibrations"] = {k: BoxCalibration(**v) for k, v in crop.get("calibrations", {}).items()}
+            cals = {}
+            for k, v in crop.get("calibrations", {}).items():
+                try:
+                    cals[k] = BoxCalibration(**v)
+                except SpecError as e:  # name the field in full: crop.calibrations['haar'].scale
+                    raise SpecError(f"crop.calibrations[{k!r}].{e}") from None
+            crop["calibrations"] = cals
+            quant = {}
+            for k, v in d.get("quantization", {}).items():
+                try:
+                    quant[k] = QuantParams(**v)
+                except SpecError as e:
+                    raise SpecError(f"quantization[{k!r}]: {e}") from None
             return cls(
                 input=InputSpec(**d.get("input", {})),
                 crop=CropPolicy(**crop),
                 heads=tuple(HeadSpec(**h) for h in d["heads"]),
                 landmark_names=tuple(d.get("landmark_names", LANDMARK_NAMES)),
                 trunk=d.get("trunk", ""),
-                quantization={k: QuantParams(**v) for k, v in d.get("quantization", {}).items()},
+                quantization=quant,
                 version=version,
             )
         except SpecError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SpecError(f"not a facemtl model spec: {e}") from e
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ModelSpec":
         try:
             d = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise SpecError(f"model spec is not valid JSON: {e}") from e
         if not isinstance(d, dict):
             raise SpecError("model spec JSON must be an object")
