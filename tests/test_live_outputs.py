@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import sys
 import threading
@@ -245,3 +246,23 @@ def test_the_systemd_unit_runs_a_valid_demo_command():
     args = build_parser().parse_args(argv[1:])
     assert args.source == "picam" and args.serve and not args.show
     assert unit["Service"]["KillSignal"] == "SIGTERM" and unit["Install"]["WantedBy"] == "multi-user.target"
+    # sandboxed, and the token comes from a root-only environment file
+    service = unit["Service"]
+    for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "read-only"),
+                       ("PrivateTmp", "yes"), ("CapabilityBoundingSet", ""), ("RestrictSUIDSGID", "yes"),
+                       ("SystemCallArchitectures", "native")):
+        assert service[key] == value, key
+    assert "FACEMTL_AUTH_TOKEN" in (ROOT / "deploy" / "facemtl-demo.service").read_text()
+    assert service["EnvironmentFile"].lstrip("-") == "/etc/facemtl/demo.env"
+    # it serves the network, so without the token it refuses to start (nothing is bound here)
+    from facemtl.runtime.cli import CommandError
+    from facemtl.runtime.live.mjpeg import is_loopback, parse_address, server_from_args
+
+    assert not is_loopback(parse_address(args.serve)[0]) and not args.no_auth
+    env = os.environ.pop("FACEMTL_AUTH_TOKEN", None)
+    try:
+        with pytest.raises(CommandError, match="needs a token"):
+            server_from_args(args)
+    finally:
+        if env is not None:
+            os.environ["FACEMTL_AUTH_TOKEN"] = env

@@ -172,6 +172,17 @@ class _Server(ThreadingHTTPServer):
             self.connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request, client_address) -> None:
+        # a client that went away mid-answer is routine on a network; socketserver's default
+        # prints a traceback per connection, which would flood a journal under a flood
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError, OSError)):
+            log.debug("client %s: %s", client_address, error)
+        else:
+            log.warning("client %s: %s: %s", client_address, type(error).__name__, error)
+
     def close_connections(self) -> None:
         with self._lock:
             conns = list(self.connections)
@@ -217,6 +228,7 @@ class MjpegServer:
         self.clients = 0     # viewers waiting for frames (streams and /frame.jpg): frames are copied for them
         self.streams = 0     # open /stream.mjpg connections, at most max_clients
         self.rejected = {"host": 0, "auth": 0, "busy": 0}
+        self.sent = 0        # stream parts (frames) written, over all clients
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -329,6 +341,7 @@ class MjpegServer:
                         self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                                          f"Content-Length: {len(jpeg[1])}\r\n\r\n".encode() + jpeg[1] + b"\r\n")
                         self.wfile.flush()
+                        server.sent += 1
                 except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError, OSError):
                     return  # the viewer went away, or stopped reading for `timeout` seconds
                 finally:
@@ -395,7 +408,8 @@ class MjpegServer:
     # --- serving ----------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        host = "localhost" if self.host in ("127.0.0.1", "::1", "localhost") else self.host
+        # "localhost" may resolve to 127.0.0.1 alone: an IPv6 loopback server is named by its address
+        host = "localhost" if self.host in ("127.0.0.1", "localhost") else self.host
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/"
