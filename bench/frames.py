@@ -169,6 +169,123 @@ def make_frames(data: Path, split: str, out: Path, count: int | None, seed: int,
     print(f"wrote {len(records)} frames to {out}")
 
 
+TIGHT_SIDE = 64
+
+
+def tight_crop(image: np.ndarray, pts: np.ndarray, side: int = TIGHT_SIDE, span: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """A tight face crop, brows to chin, resized to `side` x `side` (the kind of image face
+    data sets hand out): d = eye-centre to mouth-centre distance; the square is `span` d (2) on a side,
+    centred 0.15 d below the midpoint of the two (brows about 0.35 d above the eyes, chin about
+    0.65 d below the mouth); upright, the border replicated where it leaves the photograph."""
+    eyes, mouth = pts[:2].mean(axis=0), pts[3:5].mean(axis=0)
+    d = float(np.linalg.norm(mouth - eyes))
+    down = (mouth - eyes) / max(d, 1e-9)
+    centre = (eyes + mouth) / 2 + 0.15 * d * down
+    k = side / (span * d)
+    # pixel-index coordinates: the square's centre goes to the crop's centre, (side - 1) / 2
+    m = np.array([[k, 0.0, (side - 1) / 2 - k * centre[0]], [0.0, k, (side - 1) / 2 - k * centre[1]]])
+    crop = cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return crop, pts @ m[:, :2].T + m[:, 2]
+
+
+def make_tight(data: Path, split: str, out: Path, count: int | None, span: float = 2.0) -> None:
+    """`tight_crop` of every face of a split (or `count` spread over it), with frames.json."""
+    paths, points = read_landmark_file(data / f"{split}.txt", data)
+    keep = spread_subset(len(paths), count)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for n, i in enumerate(keep):
+        image = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
+        if image is None:
+            print(f"skipping unreadable {paths[i]}", file=sys.stderr)
+            continue
+        crop, pts = tight_crop(image, points[i].astype(np.float64), span=span)
+        name = f"{n:05d}.png"
+        cv2.imwrite(str(out / name), crop)
+        records.append({"file": name, "source": str(paths[i].relative_to(data)), "points": pts.round(3).tolist()})
+    (out / "frames.json").write_text(json.dumps({"split": split, "width": TIGHT_SIDE, "height": TIGHT_SIDE,
+                                                 "tight": True, "span": span, "frames": records}) + "\n")
+    print(f"wrote {len(records)} tight {TIGHT_SIDE}x{TIGHT_SIDE} crops to {out}")
+
+
+def tune_tight(frames_dir: Path, detectors: list[str], pads: list[float], limit: int | None) -> dict:
+    """Found rate of each detector on tight crops for each `pad_small` (0 = no retry on a
+    padded copy), by `found_face`'s rule; and the time per crop. For choosing PAD_SMALL on
+    training crops (report the testing crops, never tune on them)."""
+    from facemtl.runtime.detectors import create_detector
+
+    frames = load_frames(frames_dir, limit)
+    images = [(cv2.imread(str(p), cv2.IMREAD_COLOR), truth) for p, truth in frames]
+    out = {}
+    for spec in detectors:
+        for pad in pads:
+            det = create_detector(spec, max_side=None)
+            det.pad_small = pad
+            found = 0
+            t0 = time.perf_counter()
+            for image, truth in images:
+                faces = [{"box": d.box} for d in det.detect(image)]
+                found += found_face(faces, truth, FRAME_SQUARE) is not None
+            ms = 1000 * (time.perf_counter() - t0) / len(images)
+            out[f"{spec} pad {pad}"] = {"found_rate": round(100.0 * found / len(images), 2), "ms_per_crop": round(ms, 2)}
+            print(spec, pad, json.dumps(out[f"{spec} pad {pad}"]), flush=True)
+    return out
+
+
+def tune_image(frames_dir: Path, model: str | None, sizes: list[int | None], limit: int | None) -> dict:
+    """IMAGE mode settings on the same frames: YuNet at each detection size, then for every
+    (passes, flip averaging) the analyzer's own passes on those detections; the default Haar
+    as the time reference. Found: the crop square of a detection overlaps the true face square
+    with IoU >= 0.5 (as `measure_in_process`). Time per frame: detection plus model (decoding
+    the JPEG not counted), in this process, one thread."""
+    from facemtl.runtime.analyzer import FaceAnalyzer
+    from facemtl.runtime.detectors import box_overlap, create_detector, crop_square
+
+    frames = [(cv2.imread(str(p), cv2.IMREAD_COLOR), truth) for p, truth in load_frames(frames_dir, limit)]
+    combos = [(passes, flip) for passes in (1, 2, 3) for flip in (False, True)]
+    analyzers = {c: FaceAnalyzer.create_from_model_path(model, detector="none", passes=c[0], flip_average=c[1])
+                 for c in combos}
+    policy = next(iter(analyzers.values())).spec.crop
+    out = {}
+    detectors = [("haar", create_detector("haar"))] + [
+        (f"yunet at {size or 'full'}", create_detector("yunet", max_side=size)) for size in sizes]
+    # detection timed interleaved, frame by frame, so that load changes of this shared machine
+    # fall on every detector alike
+    all_dets = {name: [] for name, _ in detectors}
+    all_ms = {name: 0.0 for name, _ in detectors}
+    for image, _ in frames:
+        for name, det in detectors:
+            t0 = time.perf_counter()
+            all_dets[name].append(det.detect(image))
+            all_ms[name] += 1000 * (time.perf_counter() - t0)
+    for name, det in detectors:
+        det_ms, dets = all_ms[name], all_dets[name]
+        for combo in (combos if name != "haar" else [(1, False)]):
+            a = analyzers[combo]
+            found, nmes, model_ms = 0, [], 0.0
+            for (image, truth), ds in zip(frames, dets):
+                t0 = time.perf_counter()
+                faces, _ = a._analyze_detections(image, ds)
+                model_ms += 1000 * (time.perf_counter() - t0)
+                if ds:
+                    gt = canonical_square(truth, policy)
+                    iou, _ = box_overlap(np.array([gt.box()]), np.array([crop_square(d, policy).box() for d in ds]))
+                    j = int(np.argmax(iou[0]))
+                    if iou[0, j] >= 0.5:
+                        found += 1
+                        nmes.append(_nme(faces[j].landmarks, truth))
+            n = len(frames)
+            key = f"{name}, passes {combo[0]}, flip {'on' if combo[1] else 'off'}"
+            out[key] = {"found_rate": round(100.0 * found / n, 2), "nme_found": round(float(np.mean(nmes)), 3),
+                        "failure_rate_found": round(float(100.0 * (np.array(nmes) > 10).mean()), 2),
+                        "ms_per_frame": round((det_ms + model_ms) / n, 2), "detect_ms": round(det_ms / n, 2)}
+            print(key, json.dumps(out[key]), flush=True)
+    for a in analyzers.values():
+        a.close()
+    return out
+
+
 # --- measuring -----------------------------------------------------------------------------
 def load_frames(folder: Path, limit: int | None):
     meta = json.loads((folder / "frames.json").read_text())
@@ -506,6 +623,24 @@ def main() -> None:
     m.add_argument("--poses", default=None, help="only faces of these MTFL poses, e.g. 1,5 (profiles)")
     m.add_argument("--roll", type=float, default=0.0, metavar="DEG",
                    help="turn each face by a random angle in -DEG..DEG before pasting (harder training frames)")
+    tc = sub.add_parser("make-tight", help=f"write tight {TIGHT_SIDE}x{TIGHT_SIDE} face crops (brows to chin) and frames.json")
+    tc.add_argument("--data", default=os.environ.get("FACEMTL_DATA", str(HERE.parent.parent / "shared" / "data" / "mtfl")))
+    tc.add_argument("--split", default="training", choices=["testing", "training"])
+    tc.add_argument("--out", required=True, type=Path)
+    tc.add_argument("--count", type=int, default=None, help="crops (default: one per face of the split)")
+    tc.add_argument("--span", type=float, default=2.0, help="crop side in eye-to-mouth distances (default 2.0)")
+    tt = sub.add_parser("tune-tight", help="found rate on tight crops per detector and padding (pad_small)")
+    tt.add_argument("--frames", required=True, type=Path, help="a make-tight folder (of training faces, to choose)")
+    tt.add_argument("--detectors", default="yunet,haar")
+    tt.add_argument("--pads", default="0,0.25,0.5,1.0")
+    tt.add_argument("--limit", type=int, default=None)
+    tt.add_argument("--json", default=None)
+    ti = sub.add_parser("tune-image", help="IMAGE mode: YuNet detection size x passes x flip averaging")
+    ti.add_argument("--frames", required=True, type=Path, help="a make folder (of training faces, to choose)")
+    ti.add_argument("--model", default=None)
+    ti.add_argument("--sizes", default="0,480,320", help="YuNet detection sizes, 0 = full size")
+    ti.add_argument("--limit", type=int, default=None)
+    ti.add_argument("--json", default=None)
     s = sub.add_parser("measure", help="found rate, NME and timings per detector")
     s.add_argument("--frames", required=True)
     s.add_argument("--model", default=None)
@@ -530,6 +665,17 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "make":
         make_frames(Path(args.data), args.split, args.out, args.count, args.seed, args.poses, args.roll)
+    elif args.cmd == "make-tight":
+        make_tight(Path(args.data), args.split, args.out, args.count, args.span)
+    elif args.cmd == "tune-image":
+        sizes = [int(v) or None for v in args.sizes.split(",")]
+        r = tune_image(args.frames, args.model, sizes, args.limit)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"frames_dir": str(args.frames), "results": r}, indent=2) + "\n")
+    elif args.cmd == "tune-tight":
+        r = tune_tight(args.frames, args.detectors.split(","), [float(v) for v in args.pads.split(",")], args.limit)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"frames_dir": str(args.frames), "results": r}, indent=2) + "\n")
     elif args.cmd == "measure":
         run_measure(args)
     else:

@@ -2,7 +2,7 @@
 
     from facemtl import FaceAnalyzer, FaceAnalyzerOptions
 
-    with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(detector="haar")) as analyzer:
+    with FaceAnalyzer.create_from_options(FaceAnalyzerOptions()) as analyzer:
         result = analyzer.analyze(cv2.imread("group.jpg"))
     for face in result.faces:
         face.landmarks                              # (5, 2) pixels of the image, MTFL order
@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from facemtl.runtime.core import InferenceCore
+from facemtl.runtime.core import InferenceCore, landmark_square, size_anchor
 from facemtl.runtime.detectors import Detection, Detector, DetectorError, create_detector, crop_square
 from facemtl.runtime.errors import ConcurrentUseError
 from facemtl.runtime.preprocess import ImageError, to_grey
@@ -63,16 +63,18 @@ class FaceAnalyzerOptions:
     model_path: a .tflite or .onnx file written by `facemtl convert`, or a folder holding
         one; None (and no `model_buffer`) uses the model packaged with facemtl.
     model_buffer: the bytes of such a file, instead of a path.
-    detector: "haar", "haar:all", "haar:video", "yunet:PATH", "none" (the image is one face), or a
-        Detector. Plain "haar" is Haar's setting for the running mode: in IMAGE mode the
+    detector: "yunet" (the YuNet file packaged with facemtl), "yunet:PATH", "haar", "haar:all",
+        "haar:video", "none" (the image is one face), or a Detector. Plain "haar" is Haar's setting for the running mode: in IMAGE mode the
         frontal cascade plus, where it finds no face, the profile and turned cascades; in
         VIDEO mode "haar:video", the upright frontal cascade alone (tracking follows faces
         between detections; see facemtl.runtime.detectors.HAAR_PRESETS).
     running_mode: IMAGE (`analyze`) or VIDEO (`analyze_for_video`); the string "image" or
         "video" is taken too.
     detection_max_side: detect on a copy of the frame whose longer side is at most this many
-        pixels; "auto" keeps the detector's default (Haar 288, haar:video 240, YuNet and none full size),
-        None always detects at full size.
+        pixels; "auto" is the detector's default for the running mode (YuNet: 320 in IMAGE mode,
+        480 in VIDEO mode; Haar 288, haar:video 240; none: full size), None always detects at
+        full size. At 320, faces under about 40 pixels between the eyes in a 640x480 frame
+        start to be missed: give None for photographs of groups or distant faces.
     min_detection_score: drop detections scoring below this (0..1).
     max_faces: analyse at most this many faces per frame, best scores first (None: all).
     num_threads: interpreter threads.
@@ -80,19 +82,26 @@ class FaceAnalyzerOptions:
         (`facemtl.TrackingOptions`); None uses its defaults.
     flip_average: also run every face mirrored, in the same batch, and average the two
         answers (`facemtl.runtime.mirror`): twice the model time for a lower landmark error.
-        In both running modes.
+        None (the default): on in IMAGE mode, off in VIDEO mode (where the model time is most
+        of a tracked frame's cost).
+    passes: IMAGE mode: model runs per face. Pass 1 crops the detector's square; each further
+        pass crops again from the previous pass's landmarks (re-centred, turned upright by
+        their roll, the detector's size kept), which frames the face as training did more
+        closely than any detector box. VIDEO mode's tracker crops from landmarks anyway
+        (`TrackingOptions.passes`).
     """
 
     model_path: str | os.PathLike | None = None
     model_buffer: bytes | None = None
-    detector: str | Detector = "haar"
+    detector: str | Detector = "yunet"
     running_mode: RunningMode = RunningMode.IMAGE
     detection_max_side: int | None | str = "auto"
     min_detection_score: float = 0.0
     max_faces: int | None = None
     num_threads: int = 1
     tracking: "TrackingOptions | None" = None  # noqa: F821 (facemtl.runtime.live.tracking, imported in VIDEO mode)
-    flip_average: bool = False
+    flip_average: bool | None = None
+    passes: int = 2
 
     def __post_init__(self) -> None:
         try:
@@ -109,6 +118,10 @@ class FaceAnalyzerOptions:
             raise ValueError(f"min_detection_score must be in 0..1, got {self.min_detection_score}")
         if self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.passes not in (1, 2, 3):
+            raise ValueError(f"passes must be 1, 2 or 3, got {self.passes}")
+        if self.flip_average is None:
+            object.__setattr__(self, "flip_average", self.running_mode == RunningMode.IMAGE)
 
 
 def _interpreter_installed(suffix: str) -> bool:
@@ -201,7 +214,8 @@ class FaceAnalyzer:
     @classmethod
     def create_from_options(cls, options: FaceAnalyzerOptions) -> "FaceAnalyzer":
         detector = create_detector(_detector_for_mode(options.detector, options.running_mode),
-                                   max_side=options.detection_max_side)
+                                   max_side=_detection_size(options.detector, options.detection_max_side,
+                                                            options.running_mode))
         backend = load_model(options.model_path, threads=options.num_threads, buffer=options.model_buffer)
         try:
             spec = backend.spec if options.model_buffer is not None else _spec_beside(Path(backend.path), backend.spec)
@@ -301,14 +315,22 @@ class FaceAnalyzer:
 
     def _analyze_detections(self, frame: np.ndarray, detections: Sequence[Detection]) -> tuple[list[Face], dict]:
         """Faces for given detections of a frame (all in one batch), and stage times."""
-        squares = [crop_square(d, self._spec.crop) for d in detections]
+        policy = self._spec.crop
+        squares = [crop_square(d, policy) for d in detections]
         out = self._core(frame, squares)
+        crop_ms, infer_ms = out.crop_ms, out.infer_ms
+        if self._options.passes > 1 and squares and out.points.shape[1] and policy.mode == "landmarks":
+            anchors = [size_anchor(sq, p, policy) for sq, p in zip(squares, out.points)]
+            for _ in range(self._options.passes - 1):
+                squares = [landmark_square(p, policy, anchor=a) for p, a in zip(out.points, anchors)]
+                out = self._core(frame, squares)
+                crop_ms, infer_ms = crop_ms + out.crop_ms, infer_ms + out.infer_ms
         names = self.landmark_names
         faces = [Face(box=tuple(float(v) for v in d.box), score=float(d.score), square=sq, landmarks=out.points[i],
                       landmark_names=names,
                       attributes={h: Classification.of(self._spec.head(h), p[i]) for h, p in out.probabilities.items()})
                  for i, (d, sq) in enumerate(zip(detections, squares))]
-        return faces, {"crop": out.crop_ms, "infer": out.infer_ms}
+        return faces, {"crop": crop_ms, "infer": infer_ms}
 
     # --- lifetime --------------------------------------------------------------------------
     def close(self) -> None:
@@ -337,6 +359,19 @@ def _detector_for_mode(detector, mode: RunningMode):
     if mode == RunningMode.VIDEO and isinstance(detector, str) and detector.strip().lower() == "haar":
         return "haar:video"
     return detector
+
+
+# YuNet's detection size per running mode (the longer side of the copy it detects on).
+# IMAGE: chosen on training frames with passes and flip averaging (docs/experiments.md, run 41);
+# VIDEO: 320 lost small faces, which 480 keeps (run 39).
+YUNET_SIZE = {RunningMode.IMAGE: 320, RunningMode.VIDEO: 480}
+
+
+def _detection_size(detector, max_side, mode: RunningMode):
+    """"auto" for YuNet is its size for the running mode; everything else as given."""
+    if max_side == "auto" and isinstance(detector, str) and detector.strip().lower().split(":")[0] == "yunet":
+        return YUNET_SIZE[mode]
+    return max_side
 
 
 def _calibration_names(detector: Detector) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ Registered by `facemtl.runtime.cli` (see `_BUILTIN`); each `register_*` adds a s
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -34,9 +35,11 @@ def register_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders (searched recursively for images)")
     p.add_argument("--model", "-m", metavar="M", default=None,
                    help="a .tflite or .onnx model file, or a folder holding one (default: the model packaged with facemtl)")
-    p.add_argument("--detector", "-d", default="haar", metavar="DET",
-                   help="haar (default: OpenCV's frontal + profile cascades), yunet:PATH (a YuNet .onnx file), "
-                        "or none (each image is one face crop)")
+    p.add_argument("--detector", "-d", default="yunet", metavar="DET",
+                   help="yunet (default: the YuNet detector packaged with facemtl), yunet:PATH (another YuNet .onnx "
+                        "file), haar (OpenCV 4.x's frontal + profile cascades), or none (each image is one face crop)")
+    p.add_argument("--passes", type=int, default=2, choices=(1, 2, 3),
+                   help="model runs per face: 2 and 3 crop each face again from the last pass's landmarks (default 2)")
     p.add_argument("--out", "-o", metavar="FILE", help="write the JSON lines to FILE instead of stdout")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads per worker (default 1)")
     p.add_argument("--workers", "-j", type=int, default=None, metavar="N",
@@ -44,10 +47,11 @@ def register_predict(sub) -> None:
                         "(default: one per CPU core, at most 4; 1 = one after another). Output order is input order")
     p.add_argument("--max-faces", type=int, default=None, metavar="N", help="at most N faces per image, best first")
     p.add_argument("--min-score", type=float, default=0.0, metavar="S", help="drop detections scoring below S (0..1)")
-    p.add_argument("--flip-average", action="store_true", help=FLIP_AVERAGE_HELP)
+    p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
+                   help=FLIP_AVERAGE_HELP + " (default: on; --no-flip-average halves the model time)")
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="detect on a copy whose longer side is at most PX pixels; 0 = full size "
-                        "(default: the detector's own, Haar 288, YuNet full size)")
+                        "(default: YuNet 320, Haar 288; 0 finds smaller faces in big photographs, at more cost)")
     p.add_argument("--max-pixels", type=_max_pixels, default=None, metavar="N",
                    help="refuse an image of more than N pixels, read from its header before decoding "
                         "(an error line; default 50000000, every phone photo; 0 = no limit, for trusted input)")
@@ -105,7 +109,7 @@ def _analyzer_from_args(args):
         options = FaceAnalyzerOptions(
             model_path=args.model, detector=args.detector, detection_max_side=max_side,
             min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
-            flip_average=args.flip_average,
+            flip_average=args.flip_average, passes=args.passes,
         )
         return FaceAnalyzer.create_from_options(options)
     except (DetectorError, SpecError, ModelFileError, ValueError) as e:

@@ -13,6 +13,7 @@ cannot drift apart. numpy and OpenCV only.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -21,8 +22,8 @@ import numpy as np
 
 from facemtl.runtime.errors import SpecError
 from facemtl.runtime.mirror import flip_averaged
-from facemtl.runtime.preprocess import Square, crop_region, normalize
-from facemtl.runtime.spec import REGRESSION, ModelSpec
+from facemtl.runtime.preprocess import Square, canonical_square, crop_region, eye_angle, normalize
+from facemtl.runtime.spec import REGRESSION, CropPolicy, ModelSpec
 
 Run = Callable[[np.ndarray], dict]  # (N, S, S, C) normalised crops -> {head: (N, units) raw outputs}
 
@@ -81,4 +82,32 @@ class InferenceCore:
         return CoreOutput(points, probabilities, crops, 1000 * (t1 - t0), 1000 * (t2 - t1))
 
 
-__all__ = ["CoreOutput", "InferenceCore"]
+def crop_angle(points: np.ndarray, free: float) -> float:
+    """The crop's angle for a face whose landmarks are `points`: the roll of their eye line
+    beyond +-`free` degrees (0 inside it), so the face is at most `free` degrees off upright
+    in the crop, and the angle changes smoothly with the roll."""
+    roll = eye_angle(points)
+    return math.copysign(max(abs(roll) - free, 0.0), roll)
+
+
+def landmark_square(points: np.ndarray, policy: CropPolicy, align: bool = True, align_free: float = 0.0,
+                    anchor: float | None = None) -> Square:
+    """The square to crop a face from given its landmarks from a previous look at it: the
+    training framing of those points (`canonical_square`), turned by their roll beyond
+    `align_free` degrees, its side scaled by exp(`anchor`) where given (the log of the
+    detector's side over the landmarks' own side on the first look: a model's landmark
+    square can be biased in size, and cropping from it again would compound the bias).
+    A second pass in IMAGE mode and every tracked frame in VIDEO mode crop this way."""
+    angle = crop_angle(points, align_free) if align else 0.0
+    sq = canonical_square(points, policy, angle=angle)
+    if anchor is None:
+        return sq
+    return Square(sq.cx, sq.cy, sq.side * math.exp(anchor), sq.angle)
+
+
+def size_anchor(detector_square: Square, points: np.ndarray, policy: CropPolicy) -> float:
+    """`landmark_square`'s anchor: log(detector square side / landmarks' canonical side)."""
+    return math.log(detector_square.side / canonical_square(points, policy).side)
+
+
+__all__ = ["CoreOutput", "InferenceCore", "crop_angle", "landmark_square", "size_anchor"]

@@ -2,14 +2,15 @@
 
 Three detectors, named as on the command line (`--detector`):
 
-- `haar` (the default): OpenCV's frontal Haar cascade; where it finds no face, the profile
+- `yunet` (the default): YuNet through `cv2.FaceDetectorYN`, from the file packaged with
+  facemtl (`yunet:PATH` for another). Better and faster than Haar, in OpenCV 4.x and 5.x,
+  and it returns the five MTFL points too, so the face square is built from those points by
+  `canonical_square` (the training framing), not from its box.
+- `haar`: OpenCV's frontal Haar cascade; where it finds no face, the profile
   cascade on the frame and on its mirror image (the cascade only knows one side) and the
   frontal cascade on the frame turned by +-25 degrees, merged by non-maximum suppression.
   `haar:all` runs every cascade on every image, `haar:video` the upright frontal one alone
   (`HAAR_PRESETS`). Ships with opencv-python(-headless) 4.x; 5.0 dropped the cascade files.
-- `yunet:PATH`: YuNet through `cv2.FaceDetectorYN`, from a file the user has. Better and
-  faster than Haar, and it returns the five MTFL points too, so the face square is built
-  from those points by `canonical_square` (the training framing), not from its box.
 - `none`: the whole image is the face box (the image is already a face crop).
 
 A detection is only a box; the square the model sees is `crop_square(detection, policy)`,
@@ -44,10 +45,20 @@ DETECTOR_NAMES = (HAAR, YUNET, NONE)
 # it has its own entry; a profile box found on the mirrored frame uses it with dx negated.
 HAAR_PROFILE = "haar_profile"
 
+# Tight face crops: where nothing is found in an image whose longer side (as detected, after
+# `max_side`) is at most SMALL_IMAGE pixels, detect again with PAD_SMALL x that side of border
+# on every side (`Detector._detect_padded`). Chosen on tight crops of training faces
+# (`python bench/frames.py make-tight`, docs/runtime.md).
+SMALL_IMAGE = 256
+PAD_SMALL = 0.25
+
+# The YuNet file packaged with facemtl (MIT; runtime/models/NOTICE.md, LICENSE-yunet.txt).
+PACKAGED_YUNET = Path(__file__).resolve().parent / "models" / "face_detection_yunet_2026may.onnx"
+
 _HAAR_FIX = (
     "OpenCV {version} has no Haar cascade files (opencv-python 5.0 dropped them). "
-    "Install OpenCV 4.x (`pip install 'opencv-python-headless>=4.8,<5'`), or use "
-    "`--detector yunet:PATH` with a YuNet .onnx file, or `--detector none` for face crops"
+    "Use the default `--detector yunet`, or `--detector none` for face crops, or install "
+    "OpenCV 4.x for Haar (`pip install 'opencv-python-headless>=4.8,<5'`)"
 )
 
 
@@ -81,15 +92,28 @@ class Detector:
 
     name = ""
 
-    def __init__(self, max_side: int | None = None):
+    def __init__(self, max_side: int | None = None, pad_small: float = PAD_SMALL):
         if max_side is not None and max_side < 32:
             raise DetectorError(f"max_side={max_side} is too small; use at least 32 pixels or None")
+        if not 0.0 <= pad_small <= 2.0:
+            raise DetectorError(f"pad_small must be in 0..2 (a fraction of the image side), got {pad_small}")
         self.max_side = max_side
+        self.pad_small = pad_small
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         small, k = _downscale(image, self.max_side)
         found = self._detect(small)
+        if not found and self.pad_small and max(small.shape[:2]) <= SMALL_IMAGE:
+            found = self._detect_padded(small)
         return found if k == 1.0 else [_rescale(d, k) for d in found]
+
+    def _detect_padded(self, image: np.ndarray) -> list[Detection]:
+        """A small image in which nothing was found may be one tight face crop, whose face
+        touches the borders: detectors need some context around a face. Detect again on the
+        image with `pad_small` x its longer side of replicated border on every side."""
+        pad = max(1, round(self.pad_small * max(image.shape[:2])))
+        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        return [_shift(d, -pad) for d in self._detect(padded)]
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
         raise NotImplementedError
@@ -109,6 +133,13 @@ def _downscale(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, flo
     f = max_side / max(h, w)
     small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     return small, w / small.shape[1]
+
+
+def _shift(d: Detection, offset: float) -> Detection:
+    """`d` moved by `offset` pixels along both axes."""
+    x, y, w, h = d.box
+    lm = None if d.landmarks is None else d.landmarks + offset
+    return Detection((x + offset, y + offset, w, h), d.score, d.source, lm, d.mirrored, d.angle)
 
 
 def _rescale(d: Detection, k: float) -> Detection:
@@ -235,8 +266,9 @@ class HaarDetector(Detector):
         rotation_max_side: int | None = 240,
         fallback: bool = True,
         confident_neighbors: int = 4,
+        pad_small: float = PAD_SMALL,
     ):
-        super().__init__(max_side)
+        super().__init__(max_side, pad_small)
         if not scale_factor > 1.0:
             raise DetectorError(f"scale_factor must be > 1, got {scale_factor}")
         if min_neighbors < 1:
@@ -353,7 +385,8 @@ HAAR_PRESETS: dict[str, dict] = {
 
 # --- YuNet ---------------------------------------------------------------------------------
 class YuNetDetector(Detector):
-    """YuNet (`cv2.FaceDetectorYN`) from a user's .onnx file: box, score and five points.
+    """YuNet (`cv2.FaceDetectorYN`): box, score and five points. `path`: a YuNet .onnx file;
+    None uses the one packaged with facemtl.
 
     Its points are the MTFL points in MTFL order (image-left eye first), so with
     `from_landmarks` (the default) the face square is `canonical_square` of those points,
@@ -369,15 +402,16 @@ class YuNetDetector(Detector):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None = None,
         score_threshold: float = 0.6,
         nms_threshold: float = 0.3,
         top_k: int = 100,
         max_side: int | None = None,
         from_landmarks: bool = True,
+        pad_small: float = PAD_SMALL,
     ):
-        super().__init__(max_side)
-        path = Path(path)
+        super().__init__(max_side, pad_small)
+        path = PACKAGED_YUNET if path is None else Path(path)
         if not path.is_file():
             raise DetectorError(f"YuNet model {path} does not exist; pass the path of a YuNet .onnx file "
                                 "(face_detection_yunet_*.onnx from the OpenCV model zoo)")
@@ -430,8 +464,8 @@ class WholeImage(Detector):
 
 # --- names -> detectors, detections -> squares ---------------------------------------------
 def create_detector(spec: str | Detector, max_side: int | None | str = "auto", **options) -> Detector:
-    """`haar` (`haar:all`, `haar:video`: see `HAAR_PRESETS`), `yunet:PATH` or `none` (or a
-    Detector, returned as is) -> a Detector.
+    """`yunet` (the packaged file) or `yunet:PATH`, `haar` (`haar:all`, `haar:video`: see
+    `HAAR_PRESETS`), or `none` (or a Detector, returned as is) -> a Detector.
 
     `max_side="auto"` keeps each detector's own default (Haar: 288, `haar:video` 240, others:
     full size); None detects at full size.
@@ -439,7 +473,7 @@ def create_detector(spec: str | Detector, max_side: int | None | str = "auto", *
     if isinstance(spec, Detector):
         return spec
     if not isinstance(spec, str) or not spec:
-        raise DetectorError(f"detector must be 'haar', 'yunet:PATH' or 'none', got {spec!r}")
+        raise DetectorError(f"detector must be 'yunet', 'yunet:PATH', 'haar' or 'none', got {spec!r}")
     kw = dict(options)
     if max_side != "auto":
         if max_side is not None and not isinstance(max_side, int):
@@ -454,12 +488,10 @@ def create_detector(spec: str | Detector, max_side: int | None | str = "auto", *
                 "'haar'" if p == "image" else f"'haar:{p}'" for p in HAAR_PRESETS))
         return HaarDetector(**{**HAAR_PRESETS[preset], **kw})
     if name == YUNET:
-        if not arg:
-            raise DetectorError("the yunet detector needs its model file: --detector yunet:PATH/TO/face_detection_yunet.onnx")
-        return YuNetDetector(arg, **kw)
+        return YuNetDetector(arg.strip() or None, **kw)
     if name == NONE and not arg:
         return WholeImage(**kw)
-    raise DetectorError(f"unknown detector {spec!r}; use 'haar', 'yunet:PATH' or 'none'")
+    raise DetectorError(f"unknown detector {spec!r}; use 'yunet', 'yunet:PATH', 'haar' or 'none'")
 
 
 def base_square(d: Detection, policy: CropPolicy) -> Square:

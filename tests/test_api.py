@@ -59,7 +59,7 @@ def _image_and_video(model, image, flip: bool):
     """The same face through IMAGE mode and through VIDEO mode's first frame, with nothing
     in VIDEO mode that changes an answer on purpose (no smoothing, no second crop)."""
     common = dict(model_path=model, detector="none", flip_average=flip)
-    with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(**common)) as a:
+    with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(passes=1, **common)) as a:
         still = a.analyze(image).faces
     tracking = TrackingOptions(refine_new=False, smooth_landmarks=False, smooth_attributes=False)
     with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(running_mode="video", tracking=tracking,

@@ -82,7 +82,7 @@ def test_none_is_the_whole_image():
 
 
 @pytest.mark.parametrize("name, match", [
-    ("sift", "unknown detector"), ("", "detector must be"), ("yunet", "needs its model file"),
+    ("sift", "unknown detector"), ("", "detector must be"), ("yunets", "unknown detector"),
     ("yunet:/nonexistent/yunet.onnx", "does not exist"), ("haar:x", "unknown detector"),
 ])
 def test_bad_detector_names(name, match):
@@ -100,7 +100,7 @@ def test_corrupt_yunet_file(tmp_path):
 def test_opencv_without_haar_cascades_says_how_to_fix(monkeypatch, tmp_path):
     # what opencv-python 5.0 looks like: no cascade folder
     monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path / "missing"))
-    with pytest.raises(D.DetectorError, match=r"opencv-python-headless>=4.8,<5.*yunet:PATH"):
+    with pytest.raises(D.DetectorError, match=r"default `--detector yunet`.*opencv-python-headless>=4.8,<5"):
         D.create_detector("haar")
 
 
@@ -288,3 +288,75 @@ def test_haar_rotated_runs_find_rolled_faces_and_turn_the_square(training):
     sq = D.base_square(d, CropPolicy())
     assert sq.angle == 25.0
     assert np.hypot(sq.cx - truth[:, 0].mean(), sq.cy - truth[:, 1].mean()) < 0.25 * sq.side
+
+
+# --- the packaged YuNet and tight crops -------------------------------------------------------
+def test_yunet_without_a_path_is_the_packaged_file(mtfl_dir):
+    det = D.create_detector("yunet")
+    assert isinstance(det, D.YuNetDetector) and det.path == D.PACKAGED_YUNET
+    assert D.PACKAGED_YUNET.stat().st_size > 100_000
+    assert (D.PACKAGED_YUNET.parent / "LICENSE-yunet.txt").read_text().startswith("MIT License")
+    from facemtl.runtime.mtfl import read_annotations
+
+    ann = read_annotations(mtfl_dir / "training.txt", mtfl_dir)
+    found = 0
+    for i in range(0, 400, 20):
+        image = cv2.imread(str(ann.root / ann.paths[i]))
+        dets = det.detect(image)
+        truth = ann.points[i]
+        found += any(np.linalg.norm(d.landmarks - truth, axis=1).mean() < 0.3 * np.linalg.norm(truth[1] - truth[0])
+                     for d in dets)
+    assert found >= 18, found
+
+
+def _tight(image, pts, span):
+    """A tight upright crop around the face, side `span` eye-to-mouth distances, at 64x64."""
+    eyes, mouth = pts[:2].mean(axis=0), pts[3:5].mean(axis=0)
+    d = float(np.linalg.norm(mouth - eyes))
+    centre = (eyes + mouth) / 2 + 0.15 * (mouth - eyes)
+    k = 64 / (span * d)
+    m = np.array([[k, 0.0, 31.5 - k * centre[0]], [0.0, k, 31.5 - k * centre[1]]])
+    return cv2.warpAffine(image, m, (64, 64), borderMode=cv2.BORDER_REPLICATE), pts @ m[:, :2].T + m[:, 2]
+
+
+def test_padded_retry_maps_detections_back_to_the_image(mtfl_dir):
+    """A detection made on the padded copy of a tight crop lands on the face in the crop: its
+    landmarks are near the truth, and would be far from it had the offset not been undone."""
+    from facemtl.runtime.mtfl import read_annotations
+
+    ann = read_annotations(mtfl_dir / "training.txt", mtfl_dir)
+    det = D.YuNetDetector(pad_small=0.25)
+    errors, unshifted = [], []
+    for i in range(0, 900, 30):
+        crop, truth = _tight(cv2.imread(str(ann.root / ann.paths[i])), ann.points[i].astype(np.float64), 1.8)
+        padded = det._detect_padded(crop)
+        if not padded:
+            continue
+        iod = np.linalg.norm(truth[1] - truth[0])
+        errors.append(np.linalg.norm(padded[0].landmarks - truth, axis=1).mean() / iod)
+        unshifted.append(np.linalg.norm(padded[0].landmarks + 16 - truth, axis=1).mean() / iod)
+    assert len(errors) >= 25
+    assert np.median(errors) < 0.2 and np.median(unshifted) > 0.4
+
+
+def test_nothing_found_in_a_small_image_retries_padded_and_only_then():
+    calls = []
+
+    class Sees(D.Detector):
+        """Finds a face only where the image is bigger than the original (i.e. padded)."""
+
+        def _detect(self, image):
+            calls.append(image.shape[:2])
+            h, w = image.shape[:2]
+            return [D.Detection((w / 4, h / 4, w / 2, h / 2), 0.9, "none")] if h > 64 else []
+
+    found = Sees(pad_small=0.25).detect(np.zeros((64, 64, 3), np.uint8))
+    assert calls == [(64, 64), (96, 96)]
+    assert len(found) == 1 and found[0].box == (8.0, 8.0, 48.0, 48.0)  # back in the 64x64 image
+    calls.clear()
+    assert Sees(pad_small=0.0).detect(np.zeros((64, 64, 3), np.uint8)) == [] and calls == [(64, 64)]
+    calls.clear()
+    assert Sees(pad_small=0.25).detect(np.zeros((300, 300, 3), np.uint8))  # big: found, no retry
+    assert calls == [(300, 300)]
+    calls.clear()
+    assert Sees(pad_small=0.25).detect(np.zeros((40, 300, 3), np.uint8)) == [] and calls == [(40, 300)]

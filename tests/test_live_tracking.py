@@ -10,7 +10,8 @@ import pytest
 
 from live_helpers import canonical_shape, constant_model, live_model, rms_jitter, run_stream, video_analyzer
 from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
-from facemtl.runtime.live.tracking import TrackingOptions, appearance_match, crop_angle
+from facemtl.runtime.core import crop_angle
+from facemtl.runtime.live.tracking import TrackingOptions, appearance_match
 from facemtl.runtime.preprocess import Square, crop, crop_region, to_grey
 from facemtl.runtime.spec import CropPolicy
 

@@ -64,9 +64,9 @@ def test_predict_folder_to_stdout(model, images, capsys):
 
 
 def test_flip_average_option(model, images, capsys):
-    """--flip-average reaches the analyzer: the constant model's pose logits 0..4 average with
-    their mirror image to a five-way tie."""
-    for flag, score in (([], None), (["--flip-average"], 0.2)):
+    """Flip averaging (on by default, --no-flip-average off) reaches the analyzer: the
+    constant model's pose logits 0..4 average with their mirror image to a five-way tie."""
+    for flag, score in ((["--no-flip-average"], None), (["--flip-average"], 0.2), ([], 0.2)):
         assert main(["predict", "--model", str(model), "--detector", "none", *flag, str(images / "b_grey.png")]) == 0
         pose = read_lines(capsys.readouterr().out)[0]["faces"][0]["attributes"]["pose"]
         if score is None:

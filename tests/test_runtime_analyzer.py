@@ -11,6 +11,9 @@ import pytest
 
 from facemtl.runtime import analyzer as A
 from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
+
+# one model pass, no mirror: the exact geometry of detection -> square -> crop -> pixels
+SINGLE = FaceAnalyzerOptions(passes=1, flip_average=False)
 from facemtl.runtime.artifact import ModelFileError
 from facemtl.runtime.backends import load_backend
 from facemtl.runtime.detectors import Detection, Detector, WholeImage, calibrated_square
@@ -61,12 +64,12 @@ def expected_landmarks(box, cal: BoxCalibration, policy=calibrated_spec().crop):
 # --- options and factories -------------------------------------------------------------------
 def test_options_have_real_defaults():
     o = FaceAnalyzerOptions()
-    assert o.detector == "haar" and o.running_mode == RunningMode.IMAGE and o.num_threads == 1
+    assert o.detector == "yunet" and o.passes == 2 and o.flip_average is True and o.running_mode == RunningMode.IMAGE and o.num_threads == 1
     assert o.model_path is None and o.max_faces is None and o.detection_max_side == "auto"
 
 
 def test_create_from_model_path_and_context_manager(model):
-    with FaceAnalyzer.create_from_model_path(model, detector="none") as fa:
+    with FaceAnalyzer.create_from_model_path(model, detector="none", passes=1, flip_average=False) as fa:
         r = fa.analyze(np.full((60, 60, 3), 100, np.uint8))
         assert isinstance(r, FrameResult) and len(r.faces) == 1
         face = r.faces[0]
@@ -134,9 +137,9 @@ def test_running_modes_refuse_the_wrong_method(model):
 def test_plain_haar_is_the_running_modes_setting(model):
     """IMAGE mode: the thorough Haar setting; VIDEO mode: the upright frontal cascade alone,
     since tracking follows faces between detections. A named setting is kept in either mode."""
-    with FaceAnalyzer.create_from_model_path(model) as fa:
+    with FaceAnalyzer.create_from_model_path(model, detector="haar") as fa:
         assert fa._detector.profile and fa._detector.rotations and fa._detector.max_side == 288
-    with FaceAnalyzer.create_from_model_path(model, running_mode=RunningMode.VIDEO) as fa:
+    with FaceAnalyzer.create_from_model_path(model, detector="haar", running_mode=RunningMode.VIDEO) as fa:
         assert not fa._detector.profile and not fa._detector.rotations and fa._detector.max_side == 240
     with FaceAnalyzer.create_from_model_path(model, detector="haar:all", running_mode=RunningMode.VIDEO) as fa:
         assert fa._detector.profile and not fa._detector.fallback
@@ -147,7 +150,7 @@ def test_plain_haar_is_the_running_modes_setting(model):
 # --- images ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def constant(model):
-    fa = FaceAnalyzer(load_backend(model), WholeImage())
+    fa = FaceAnalyzer(load_backend(model), WholeImage(), SINGLE)
     yield fa
     fa.close()
 
@@ -184,7 +187,7 @@ def test_junk_images_are_clear_errors(constant, junk, match):
 def test_all_faces_of_a_frame_in_one_batch_in_detection_order(model):
     boxes = [(10, 10, 60, 60), (200, 40, 90, 90), (400, 300, 120, 120)]
     backend = CountingBackend(load_backend(model))
-    with FaceAnalyzer(backend, Boxes(boxes)) as fa:
+    with FaceAnalyzer(backend, Boxes(boxes), SINGLE) as fa:
         result = fa.analyze(np.full((480, 640, 3), 90, np.uint8))
     assert backend.calls == [3]
     assert [f.box for f in result.faces] == [tuple(map(float, b)) for b in boxes]
@@ -195,14 +198,14 @@ def test_all_faces_of_a_frame_in_one_batch_in_detection_order(model):
 
 def test_no_face_is_an_empty_list_and_no_model_call(model):
     backend = CountingBackend(load_backend(model))
-    with FaceAnalyzer(backend, Boxes([])) as fa:
+    with FaceAnalyzer(backend, Boxes([]), SINGLE) as fa:
         result = fa.analyze(np.zeros((100, 100), np.uint8))
     assert result.faces == [] and backend.calls == [] and result.to_dict() == {"faces": []}
 
 
 def test_faces_cut_by_the_border_are_padded_not_dropped(model):
     boxes = [(-40, 100, 100, 100), (580, -30, 100, 100), (-10, -10, 700, 500)]
-    with FaceAnalyzer(load_backend(model), Boxes(boxes)) as fa:
+    with FaceAnalyzer(load_backend(model), Boxes(boxes), SINGLE) as fa:
         faces = fa.analyze(np.full((480, 640), 120, np.uint8)).faces
     assert len(faces) == 3
     for face, box in zip(faces, boxes):
@@ -212,10 +215,10 @@ def test_faces_cut_by_the_border_are_padded_not_dropped(model):
 
 def test_max_faces_and_min_score(model):
     boxes = [(0, 0, 50, 50), (100, 0, 50, 50), (200, 0, 50, 50)]
-    opts = FaceAnalyzerOptions(max_faces=2)
+    opts = FaceAnalyzerOptions(max_faces=2, passes=1, flip_average=False)
     with FaceAnalyzer(load_backend(model), Boxes(boxes), opts) as fa:
         assert len(fa.analyze(np.zeros((100, 300), np.uint8)).faces) == 2
-    opts = FaceAnalyzerOptions(min_detection_score=0.75)
+    opts = FaceAnalyzerOptions(min_detection_score=0.75, passes=1, flip_average=False)
     with FaceAnalyzer(load_backend(model), Boxes(boxes), opts) as fa:
         assert [f.score for f in fa.analyze(np.zeros((100, 300), np.uint8)).faces] == pytest.approx([0.9, 0.8])
 

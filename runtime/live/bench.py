@@ -33,15 +33,18 @@ def add_arguments(p) -> None:
     g.add_argument("--video", metavar="FILE", help="--live: also benchmark this video file (decoded in the loop)")
     g.add_argument("--live-frames", type=int, default=300, metavar="N", help="--live: timed frames per run (default 300)")
     g.add_argument("--detector", default=LIVE_DETECTOR, metavar="DET",
-                   help="--live: haar:video (default, as `facemtl demo`), haar, yunet:PATH or none")
+                   help="--live: yunet (default, as `facemtl demo`), yunet:PATH, haar:video, haar or none")
     g.add_argument("--detect-size", type=int, default=None, metavar="PX",
-                   help="--live: detection size (default as `facemtl demo`: 240 for haar:video, 320 for YuNet; 0 = full)")
+                   help="--live: detection size (default as `facemtl demo`: 240 for haar:video, 480 for YuNet; 0 = full)")
     g.add_argument("--detect-every", type=int, default=15, metavar="N",
                    help="--live: re-detection interval while tracking (default 15)")
     g.add_argument("--no-quality", action="store_true", help="--live: skip the jitter and NME measurements")
     g.add_argument("--align-free", type=float, default=None, metavar="DEG",
                    help="--live: TrackingOptions.align_free, the roll left unturned in the crop (default 0; "
                         "0 turns every crop by the whole eye-line roll)")
+    g.add_argument("--no-crowd", action="store_true", help="--live: skip the several-faces stream")
+    g.add_argument("--crowd-data", metavar="DIR", help="--live: the MTFL folder the crowd stream takes its faces "
+                   "from (default: $FACEMTL_DATA, else ../shared/data/mtfl)")
     g.add_argument("--no-anchor", action="store_true",
                    help="--live: TrackingOptions.anchor off (frame tracked faces by their own landmarks alone)")
 
@@ -53,6 +56,7 @@ def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, 
     return FaceAnalyzer.create_from_options(FaceAnalyzerOptions(
         model_path=model, detector=detector, detection_max_side=live_detect_size(detector, detect_size),
         num_threads=threads, running_mode=RunningMode.VIDEO if tracking else RunningMode.IMAGE,
+        flip_average=False,  # as `facemtl demo` (its --flip-average is off unless given)
         tracking=TrackingOptions(detect_every=detect_every, smooth_landmarks=smooth, smooth_attributes=smooth,
                                  **(overrides or {}))))
 
@@ -161,6 +165,38 @@ def quality(model, detector, detect_size, detect_every, overrides=None) -> dict:
     return out
 
 
+def crowd(model, detector, detect_size, detect_every, data=None, n: int = 480) -> dict:
+    """Several faces at once (`CrowdStream`: 8 real MTFL training faces moving, entering and
+    leaving): found rate over the face-frames where a face is wholly in the frame, NME on the
+    faces found, and the median analysis time per frame, in VIDEO mode (tracking) and IMAGE
+    mode (detection on every frame) on the same frames."""
+    from facemtl.runtime.live.crowd import CrowdStream, match_faces
+    from facemtl.runtime.live.sample import nme
+
+    s = CrowdStream(data, frames=n)
+    frames = [(i, s.timestamp_ms(i), s.frame(i)) for i in range(n)]
+    truths = [s.truth(i) for i in range(n)]
+    out = {"faces": s.count, "frames": n, "face_frames": sum(len(t) for t in truths)}
+    for tracking in (True, False):
+        found, errors, ms = 0, [], []
+        with _analyzer(model, detector, detect_size, 1, tracking, detect_every) as a:
+            for (i, ts, img), tr in zip(frames, truths):
+                t0 = time.perf_counter()
+                result = a.analyze_for_video(img, ts) if tracking else a.analyze(img)
+                ms.append(1000 * (time.perf_counter() - t0))
+                faces = [f.landmarks for f in result.faces]
+                for t, k in zip(tr, match_faces(tr, faces)):
+                    if k is not None:
+                        found += 1
+                        errors.append(nme(faces[k], t))
+        out["tracking" if tracking else "image_mode"] = {
+            "found_rate": round(100.0 * found / max(out["face_frames"], 1), 2),
+            "nme": round(float(np.mean(errors)), 3) if errors else None,
+            "analysis_ms_median": round(float(np.median(ms)), 3),
+            "analysis_fps_median_frame": round(1000.0 / max(float(np.median(ms)), 1e-9), 1)}
+    return out
+
+
 def main(args) -> int:
     import cv2
 
@@ -215,6 +251,16 @@ def main(args) -> int:
                     rows.append(row)
                     print(_row_text(row), flush=True)
         q = None if getattr(args, "no_quality", False) else quality(model, detector, detect_size, detect_every, overrides)
+        c = None
+        if not getattr(args, "no_crowd", False):
+            from facemtl.runtime.live.crowd import default_data_dir
+
+            data = getattr(args, "crowd_data", None) or default_data_dir()
+            if (Path(data) / "training.txt").is_file():
+                c = crowd(model, detector, detect_size, detect_every, data)
+                print(_crowd_text(c), flush=True)
+            else:
+                print(f"  crowd stream skipped: no MTFL training.txt in {data} (--crowd-data DIR)", flush=True)
     except (DetectorError, SpecError, ModelFileError, SourceError, ValueError) as e:
         raise CommandError(str(e)) from None
     finally:
@@ -227,10 +273,21 @@ def main(args) -> int:
         atomic_write_text(args.json, json.dumps({"detector": rows[0]["detector"] if rows else detector,
                                                  "model": str(model) if model else "packaged",
                                                  "tracking_overrides": overrides,
-                                                 "load_average": os.getloadavg(), "runs": rows, "quality": q},
+                                                 "load_average": os.getloadavg(), "runs": rows, "quality": q,
+                                                 "crowd": c},
                                                 indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _crowd_text(c: dict) -> str:
+    lines = [f"  crowd stream ({c['faces']} real faces, {c['frames']} frames, {c['face_frames']} face-frames):"]
+    for key, label in (("tracking", "tracking"), ("image_mode", "detect every frame")):
+        r = c[key]
+        nme = "-" if r["nme"] is None else f"{r['nme']:.2f}%"
+        lines.append(f"    {label}: {r['found_rate']:.1f}% of face-frames found, NME {nme}, "
+                     f"analysis {r['analysis_fps_median_frame']:.0f} FPS (median frame)")
+    return "\n".join(lines)
 
 
 def describe_detector(spec: str, detector) -> str:

@@ -29,16 +29,23 @@ from facemtl.runtime.mirror import FLIP_AVERAGE_HELP
 SUMMARY_STAGES = ("capture", "detect", "crop", "infer", "track", "draw", "output", "analysis", "total")
 
 
-# The live tools' detector: the packaged YuNet, on a copy of the frame 320 pixels on its longer
+# The live tools' detector: the packaged YuNet, on a copy of the frame 480 pixels on its longer
 # side (`live_detect_size`): between detections a tracked face is followed by its landmarks.
 LIVE_DETECTOR = "yunet"
 
 
+# The live tools' detection size for YuNet: 480 pixels on the longer side. At 320, YuNet missed
+# faces under about 40 pixels between the eyes at 640x480, and the tracker dropped them when
+# re-detections kept missing them (crowd stream: 94.3% of face-frames found against 98.8% at
+# 480 and at full size; `facemtl bench --live`, docs/experiments.md, run 39).
+LIVE_YUNET_SIZE = 480
+
+
 def live_detect_size(detector: str, detect_size: int | None):
     """`detection_max_side` for the live tools' --detect-size: 0 = full size (None); unset =
-    Haar's own setting ("auto", 240 for haar:video), 320 for the other detectors."""
+    Haar's own setting ("auto", 240 for haar:video), LIVE_YUNET_SIZE for the other detectors."""
     if detect_size is None:
-        return "auto" if str(detector).strip().lower().startswith("haar") else 320
+        return "auto" if str(detector).strip().lower().startswith("haar") else LIVE_YUNET_SIZE
     return None if detect_size == 0 else detect_size
 
 
@@ -64,12 +71,12 @@ def add_arguments(p) -> None:
     m.add_argument("--model", "-m", metavar="M", default=None,
                    help="a .tflite or .onnx model file, or a folder holding one (default: the packaged model)")
     m.add_argument("--detector", "-d", default=LIVE_DETECTOR, metavar="DET",
-                   help="yunet (default: the packaged YuNet, at 320 px), yunet:PATH, haar:video (OpenCV 4.x's "
+                   help="yunet (default: the packaged YuNet, at 480 px), yunet:PATH, haar:video (OpenCV 4.x's "
                         "upright frontal cascade alone, at 240 px), haar (also the profile and turned cascades "
                         "where it finds no face: thorough, slow), or none")
     m.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="detect on a copy whose longer side is PX pixels (default: 240 for haar:video, "
-                        "the detector's own for haar, 320 for YuNet; 0 = full size)")
+                        "the detector's own for haar, 480 for YuNet; 0 = full size)")
     m.add_argument("--detect-every", type=int, default=15, metavar="N",
                    help="re-detect every N frames while faces are tracked (default 15; 1 = every frame)")
     m.add_argument("--no-track", action="store_true",

@@ -486,7 +486,8 @@ def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 30.
                 max_pixels: int | None = None) -> Source:
     """A source from its command-line name:
 
-    `sample`, `sample:still`, `sample:exit` (built-in stream); `0`, `1`, ... or `/dev/videoN`
+    `sample`, `sample:still`, `sample:exit` (built-in stream); `crowd` or `crowd:MTFL_DIR` (eight
+    real MTFL training faces moving, entering and leaving); `0`, `1`, ... or `/dev/videoN`
     (V4L2 camera); `picam` (Pi camera module via picamera2); `rtsp://...`, `http://...`
     (network camera); a video file; an image file, a folder of images or a glob pattern.
     `max_pixels`: the cap on each image file (None: the default, 0: none).
@@ -495,6 +496,10 @@ def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 30.
     name, _, arg = spec.partition(":")
     if name == "sample":
         return SampleSource(arg or "moving", width, height, fps, frames=frames, noise=noise)
+    if name == "crowd":
+        from facemtl.runtime.live.crowd import open_crowd  # several real faces, from the MTFL folder
+
+        return open_crowd(arg, width, height, fps, frames=frames, noise=noise)
     if name in PICAMERA_NAMES:
         return PiCameraSource(int(arg or 0), width, height, fps)
     if spec.isdigit():

@@ -39,7 +39,6 @@ unique per tracker and stable for the life of a track.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -47,9 +46,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from facemtl.runtime.core import InferenceCore
+from facemtl.runtime.core import InferenceCore, landmark_square, size_anchor
 from facemtl.runtime.detectors import Detection, box_overlap, crop_square
-from facemtl.runtime.preprocess import Square, canonical_square, eye_angle
+from facemtl.runtime.preprocess import Square, canonical_square
 from facemtl.runtime.results import Classification, Face, FrameResult
 from facemtl.runtime.live.smoothing import LabelSmoother, OneEuroFilter, OneEuroParams
 from facemtl.runtime.spec import REGRESSION, ModelSpec, SpecError
@@ -253,7 +252,7 @@ class FaceTracker:
                 # next frames, the landmarks' square scaled by it is the size the detector
                 # would have given
                 for i in range(n_old, len(tracks)):
-                    tracks[i].anchor = math.log(squares[i].side / canonical_square(points[i], self.policy).side)
+                    tracks[i].anchor = size_anchor(squares[i], points[i], self.policy)
             for _ in range(self.options.passes - 1):
                 seen = [self._square(p, t.anchor) for p, t in zip(points, tracks)]
                 points, probs, crops = self._run(image, seen, stages)
@@ -307,11 +306,8 @@ class FaceTracker:
 
     # --- pieces --------------------------------------------------------------------------
     def _square(self, points: np.ndarray, anchor: float | None = None) -> Square:
-        angle = crop_angle(points, self.options.align_free) if self.options.align else 0.0
-        sq = canonical_square(points, self.policy, angle=angle)
-        if anchor is None or not self.options.anchor:
-            return sq
-        return Square(sq.cx, sq.cy, sq.side * math.exp(anchor), sq.angle)
+        return landmark_square(points, self.policy, self.options.align, self.options.align_free,
+                               anchor if self.options.anchor else None)
 
     def _predict(self, tr: "_Track", t_s: float) -> np.ndarray:
         base = tr.smooth if (self.options.crop_from == "smoothed" and tr.smooth is not None) else tr.points
@@ -399,14 +395,6 @@ def box_in_square(box, square: Square) -> tuple[float, float, float, float]:
     x, y, w, h = (float(v) for v in box)
     side = square.side
     return ((x + w / 2 - square.cx) / side, (y + h / 2 - square.cy) / side, w / side, h / side)
-
-
-def crop_angle(points: np.ndarray, free: float) -> float:
-    """The crop's angle for a face whose landmarks are `points`: the roll of their eye line
-    beyond +-`free` degrees (0 inside it), so the face is at most `free` degrees off upright
-    in the crop, and the angle changes smoothly with the roll."""
-    roll = eye_angle(points)
-    return math.copysign(max(abs(roll) - free, 0.0), roll)
 
 
 def _check_frame(frame) -> np.ndarray:
