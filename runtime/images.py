@@ -232,6 +232,17 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}")
     check_size(path, max_pixels)
+    if max_pixels is not None:
+        # the file is read whole before decoding: bound it too (a small image with gigabytes of
+        # trailing data or metadata), at 6 bytes a pixel, an uncompressed 16-bit RGB file's size
+        limit = 6 * max_pixels + (1 << 20)
+        try:
+            size = os.path.getsize(path)
+        except OSError as e:
+            raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+        if size > limit:
+            raise ImageError(f"{path}: a file of {size / 1e6:.0f} MB is over the limit of {limit / 1e6:.0f} MB "
+                             f"for {max_pixels / 1e6:g} MP; raise it with --max-pixels if this image is trusted")
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:

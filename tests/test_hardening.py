@@ -259,3 +259,24 @@ def test_an_empty_video_or_a_folder_without_a_decodable_image_is_exit_2(tmp_path
     for source, says in ((empty, "no decodable frame"), (tmp_path / "shots", "none of its 2 image file(s)")):
         r = _run(["demo", "--source", str(source), "-q"])
         assert r.returncode == 2 and "Traceback" not in r.stderr and says in r.stderr
+
+
+def test_a_file_far_larger_than_its_pixels_need_is_refused_before_reading(tmp_path):
+    """A small image with megabytes of trailing data is not read whole into memory."""
+    ok, png = cv2.imencode(".png", np.zeros((10, 10, 3), np.uint8))
+    path = tmp_path / "padded.png"
+    path.write_bytes(png.tobytes() + bytes(3 << 20))
+    with pytest.raises(ImageError, match="a file of 3 MB is over the limit of 1 MB for 0.0001 MP"):
+        read_image(path, max_pixels=100)
+    assert read_image(path, max_pixels=None).shape == (10, 10, 3)
+
+
+def test_demo_over_a_folder_skips_an_over_size_image_and_goes_on(tmp_path, face_jpg):
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    (shots / "a_huge.ppm").write_bytes(b"P6\n50000 50000\n255\n\0\0\0")
+    (shots / "b_good.jpg").write_bytes(face_jpg.read_bytes())
+    r = _run(["demo", "--source", str(shots), "--json", "-", "--pace", "off"])
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "a_huge.ppm: 50000 x 50000 pixels (2500.0 MP) is over the limit" in r.stderr
+    assert "bad frames 1" in r.stderr and len(r.stdout.splitlines()) == 1
