@@ -351,7 +351,9 @@ def run_predict(frames_dir: Path, model: str | None, detector: str, out: Path, l
         files = [str(p) for p, _ in load_frames(frames_dir, limit)]
     else:
         files = [str(frames_dir)]
-    cmd = [sys.executable, "-m", "facemtl", "predict", "--detector", detector, "--out", str(out)]
+    # "DET+--flag+--flag=value": the detector and further `facemtl predict` options
+    detector, *flags = detector.split("+")
+    cmd = [sys.executable, "-m", "facemtl", "predict", "--detector", detector, "--out", str(out), *flags]
     if model:
         cmd += ["--model", model]
     if workers:
@@ -492,7 +494,7 @@ def run_measure(args) -> None:
                 Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         return
     for det in args.detectors.split(","):
-        tag = det.replace(":", "_") if det.startswith("haar") else det.split(":")[0]
+        tag = (det.replace(":", "_") if det.startswith("haar") else det.split(":")[0]).replace("+", "_").replace("=", "")
         out = Path(args.out_dir) / f"predict_{tag}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
         timing = run_predict(frames_dir, args.model, det, out, args.limit, args.workers, args.flip_average)
@@ -644,7 +646,9 @@ def main() -> None:
     s = sub.add_parser("measure", help="found rate, NME and timings per detector")
     s.add_argument("--frames", required=True)
     s.add_argument("--model", default=None)
-    s.add_argument("--detectors", default="haar")
+    s.add_argument("--detectors", default="yunet",
+                   help="comma-separated; DET+--flag+--flag=value adds `facemtl predict` options to that run, e.g. "
+                        "haar+--passes=1+--no-flip-average (the 0.1 default path)")
     s.add_argument("--limit", type=int, default=None, help="only N frames spread over the set")
     s.add_argument("--out-dir", default="/tmp/facemtl_bench", help="where the predict outputs go")
     s.add_argument("--workers", type=int, default=None, help="facemtl predict --workers (default: its own)")

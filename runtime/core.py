@@ -58,11 +58,11 @@ class InferenceCore:
             return CoreOutput(np.zeros((0, 0, 2)), {h.name: np.zeros((0, len(h.labels))) for h in self._classes},
                               np.zeros((0, self._size * self._size), np.float32))
         t0 = time.perf_counter()
-        batch = np.empty((n, self._size, self._size, 1), np.float32)
+        patches = np.empty((n, self._size, self._size), np.float32)
         mats = np.empty((n, 2, 3))
         for i, sq in enumerate(squares):
-            patch, mats[i] = crop_region(frame, sq, self._size)
-            batch[i, :, :, 0] = normalize(patch, self.spec.input)
+            patches[i], mats[i] = crop_region(frame, sq, self._size)
+        batch = normalize(patches, self.spec.input)[..., None]  # all crops at once: per-crop statistics
         t1 = time.perf_counter()
         raw = self._run(batch)
         t2 = time.perf_counter()

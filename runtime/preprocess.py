@@ -78,8 +78,11 @@ def read_grey(path) -> np.ndarray:
 def canonical_square(points: np.ndarray, policy: CropPolicy, angle: float = 0.0) -> Square:
     """The training framing of a face from its five landmarks (N.B. rotation-invariant size)."""
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    centre = p.mean(axis=0)
-    rms = math.sqrt(float(((p - centre) ** 2).sum(axis=1).mean()))
+    # plain arithmetic: called several times per tracked face and frame, on five points
+    n = len(p)
+    centre = p.sum(axis=0) / n
+    d = p - centre
+    rms = math.sqrt(float(np.vdot(d, d)) / n)
     side = policy.scale * rms
     # shift along the square's own y axis, so a rolled face is framed like an upright one
     a = math.radians(angle)

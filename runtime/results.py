@@ -27,43 +27,61 @@ class Category:
         return {"label": self.category_name, "score": round(float(self.score), 4)}
 
 
-@dataclass(frozen=True)
 class Classification:
     """One classification head's answer for one face: every class with its probability.
 
     `top` is the answer: the most probable class in IMAGE mode; in VIDEO mode the label
     shown after smoothing over time, which changes only when another class leads by a margin
     (`TrackingOptions.attribute_margin`), so it can briefly differ from the most probable.
+    The `Category` objects are made when first asked for (a tracked frame makes one of these
+    per head and face).
     """
 
-    head_name: str
-    categories: tuple[Category, ...]   # every class, in the head's label order
-    top_index: int
+    __slots__ = ("head_name", "labels", "probabilities", "top_index", "_categories")
+
+    def __init__(self, head_name: str, labels: tuple[str, ...], probabilities: np.ndarray, top_index: int):
+        self.head_name = head_name
+        self.labels = tuple(labels)
+        self.probabilities = np.asarray(probabilities, dtype=np.float64)
+        self.top_index = int(top_index)
+        self._categories: tuple[Category, ...] | None = None
 
     @classmethod
     def of(cls, head: HeadSpec, probabilities: np.ndarray, top_index: int | None = None) -> "Classification":
         p = np.asarray(probabilities, dtype=np.float64)
-        top = int(np.argmax(p)) if top_index is None else int(top_index)
-        cats = tuple(Category(i, float(p[i]), name.replace("_", " "), name) for i, name in enumerate(head.labels))
-        return cls(head.name, cats, top)
+        return cls(head.name, head.labels, p, int(np.argmax(p)) if top_index is None else top_index)
+
+    @property
+    def categories(self) -> tuple[Category, ...]:
+        """Every class, in the head's label order."""
+        if self._categories is None:
+            self._categories = tuple(Category(i, float(self.probabilities[i]), name.replace("_", " "), name)
+                                     for i, name in enumerate(self.labels))
+        return self._categories
 
     @property
     def top(self) -> Category:
         return self.categories[self.top_index]
 
-    @property
-    def probabilities(self) -> np.ndarray:
-        return np.array([c.score for c in self.categories])
-
     def __getitem__(self, category_name: str) -> Category:
         for c in self.categories:
             if c.category_name == category_name:
                 return c
-        raise KeyError(f"head {self.head_name!r} has no class {category_name!r}; "
-                       f"its classes: {[c.category_name for c in self.categories]}")
+        raise KeyError(f"head {self.head_name!r} has no class {category_name!r}; its classes: {list(self.labels)}")
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Classification) and (self.head_name, self.labels, self.top_index)
+                == (other.head_name, other.labels, other.top_index)
+                and np.array_equal(self.probabilities, other.probabilities))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Classification({self.head_name!r}, top={self.top!r})"
 
     def to_dict(self) -> dict:
-        return {**self.top.to_dict(), "scores": {c.category_name: round(float(c.score), 4) for c in self.categories}}
+        return {**self.top.to_dict(),
+                "scores": {name: round(float(p), 4) for name, p in zip(self.labels, self.probabilities)}}
 
 
 @dataclass
