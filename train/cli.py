@@ -69,6 +69,9 @@ def register_train(sub) -> None:
     p.add_argument("--stem", type=int, default=d.stem, help="filters of the stem convolution (mtfl; default: --width)")
     p.add_argument("--features", type=int, default=d.features,
                    help="units of the shared feature layer every head reads (mtfl; default 256)")
+    p.add_argument("--pool", choices=("flatten", "gdc"), default=d.pool,
+                   help="the last 5x5 map -> the feature vector: flatten + a Dense layer (default), or gdc, a "
+                        "global depthwise convolution (about 1/20 of the parameters; mtfl)")
     p.add_argument("--head-hidden", type=int, default=d.head_hidden,
                    help="a hidden layer of N units (ReLU6) in each classification head (0: linear heads)")
     p.add_argument("--ema", type=float, default=d.ema,
@@ -118,7 +121,7 @@ def _run_train(args) -> int:
     cfg = TrainConfig(
         data=_data_dir(args.data), out=args.out, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
         weights=args.weights, trunk=args.trunk, width=args.width, depth=args.depth,
-        first_block=args.first_block, stem=args.stem, features=args.features, head_hidden=args.head_hidden, ema=args.ema, dropout=args.dropout,
+        first_block=args.first_block, stem=args.stem, features=args.features, pool=args.pool, head_hidden=args.head_hidden, ema=args.ema, dropout=args.dropout,
         activation=args.activation, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         augment=args.augment, erase=args.erase, skip_bad=args.skip_bad, resume=args.resume, strategy=args.strategy,
         monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing,

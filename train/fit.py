@@ -156,7 +156,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     with strategy.scope():
         model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout, activation=cfg.activation,
                             depth=cfg.depth, first_block=cfg.first_block, head_hidden=cfg.head_hidden,
-                            stem=cfg.stem, features=cfg.features)
+                            stem=cfg.stem, features=cfg.features, pool=cfg.pool)
         schedule = keras.optimizers.schedules.CosineDecay(
             cfg.learning_rate * 0.1, decay_steps=max(1, steps * cfg.epochs - steps), warmup_target=cfg.learning_rate,
             warmup_steps=steps, alpha=0.01)

@@ -22,7 +22,7 @@ from facemtl.runtime.errors import ModelFileError  # noqa: F401 (re-exported)
 class FaceMTL(keras.Model):
     def __init__(self, spec: dict, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
                  activation: str = "relu6", depth: int = 5, first_block: int = 2, head_hidden: int = 0, stem: int = 0,
-                 features: int = 256, **kwargs):
+                 features: int = 256, pool: str = "flatten", **kwargs):
         model_spec = ModelSpec.from_dict(spec)
         if not model_spec.heads:
             raise ValueError("the model spec has no heads; give at least one (--heads)")
@@ -35,6 +35,7 @@ class FaceMTL(keras.Model):
             options["first_block"] = first_block
             options["stem"] = stem
             options["features"] = features
+            options["pool"] = pool
         shared = build_trunk(trunk, inputs, **options)
         outputs = MultiHead.from_spec(model_spec, hidden=head_hidden).outputs(shared)
         kwargs.setdefault("name", "facemtl")
@@ -50,6 +51,7 @@ class FaceMTL(keras.Model):
         self.head_hidden = head_hidden
         self.stem = stem
         self.features = features
+        self.pool = pool
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -67,6 +69,7 @@ class FaceMTL(keras.Model):
             "head_hidden": self.head_hidden,
             "stem": self.stem,
             "features": self.features,
+            "pool": self.pool,
             "name": self.name,
         }
 
@@ -79,11 +82,11 @@ class FaceMTL(keras.Model):
 
 def build_model(spec: ModelSpec, trunk: str = DEFAULT_TRUNK, width: int = 32, dropout: float = 0.2,
                 activation: str = "relu6", depth: int = 5, first_block: int = 2, head_hidden: int = 0, stem: int = 0,
-                features: int = 256) -> FaceMTL:
+                features: int = 256, pool: str = "flatten") -> FaceMTL:
     spec = spec.replace(trunk=trunk)
     return FaceMTL(spec.to_dict(), trunk=trunk, width=width, dropout=dropout, activation=activation,
                    depth=depth, first_block=first_block, head_hidden=head_hidden, stem=stem,
-                   features=features)
+                   features=features, pool=pool)
 
 
 def save_model(model: FaceMTL, path: str | Path) -> None:

@@ -73,8 +73,11 @@ def _separable(x, filters: int, stride: int, name: str, activation: str):
 _MTFL_BLOCKS = ((2, 1), (2, 2), (2, 1), (4, 2), (4, 1), (4, 1))
 
 
+POOLS = ("flatten", "gdc")
+
+
 def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", depth: int = 5, first_block: int = 2,
-         stem: int = 0, features: int = 256):
+         stem: int = 0, features: int = 256, pool: str = "flatten"):
     """The default: a BN+ReLU trunk of depthwise-separable blocks sized for 40x40 and the edge.
 
     A full 3x3 stem with stride 2, then separable blocks down to 5x5. The last map is
@@ -88,7 +91,14 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     filters of the first convolution (0: `width`). `features`: units of the shared feature layer
     that every head reads; it reads the whole flattened 5x5 map, which makes it the costliest
     single layer at batch 1 (3200x256 weights: about a quarter of the int8 trunk's time).
+    `pool`: how the last 5x5 map becomes the feature vector. "flatten": flattened, then the
+    Dense feature layer. "gdc": MobileFaceNet's global depthwise convolution: a 1x1
+    convolution to `features` channels, then one 5x5 depthwise kernel per channel (a weight per
+    position and channel, so where a feature is still counts) with no dense layer: about a
+    twentieth of the parameters of "flatten" (issue 20).
     """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
     # The stem reads 3x3 grey patches, nine numbers, so it has at most nine independent linear
     # features; but after BatchNorm and ReLU6 its filters are not redundant: 16 instead of 32
     # make the int8 trunk 20% faster and cost smile 0.7 points over three seeds (docs/experiments.md, runs 14-17).
@@ -100,11 +110,22 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     blocks = ((first_block, _MTFL_BLOCKS[0][1]),) + _MTFL_BLOCKS[1:depth]
     for i, (mult, stride) in enumerate(blocks, 1):
         x = _separable(x, mult * width, stride, f"block{i}", activation)
+    if features < 1:
+        raise ValueError(f"features must be >= 1, got {features}")
+    if pool == "gdc":
+        x = layers.Conv2D(features, 1, use_bias=False, name="gdc_pw")(x)
+        x = layers.BatchNormalization(name="gdc_pw_bn")(x)
+        x = _act(x, activation, "gdc_pw_relu")
+        x = layers.DepthwiseConv2D(x.shape[1], padding="valid", use_bias=False, name="gdc_dw")(x)  # 5x5 -> 1x1
+        x = layers.BatchNormalization(name="features_bn")(x)
+        x = _act(x, activation, "features_act")
+        x = layers.Flatten(name="features")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name="dropout")(x)
+        return x
     x = layers.Flatten(name="flatten")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    if features < 1:
-        raise ValueError(f"features must be >= 1, got {features}")
     x = layers.Dense(features, use_bias=False, name="features_dense")(x)
     x = layers.BatchNormalization(name="features_bn")(x)
     return _act(x, activation, "features")
