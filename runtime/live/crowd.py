@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from facemtl.runtime.errors import SourceError
-from facemtl.runtime.live.sample import _background
+from facemtl.runtime.live.sample import SensorNoise, _background, blend_sprite
 from facemtl.runtime.mtfl import read_annotations
 from facemtl.runtime.preprocess import canonical_square
 from facemtl.runtime.spec import CropPolicy
@@ -81,11 +81,7 @@ class CrowdStream:
             raise SourceError(f"{data}: found only {len(self._faces)} readable faces for the crowd stream")
         self._background = _background(w, h, self.seed + 7)
         self._phase = rng.uniform(0, 2 * math.pi, (faces, 4))
-        self._pad = 64
-        if self.noise > 0:
-            n = np.random.default_rng(self.seed + 1).normal(0.0, self.noise, (h + self._pad, w + self._pad, 3))
-            self._noise_pos = np.clip(np.round(n), 0, 255).astype(np.uint8)
-            self._noise_neg = np.clip(np.round(-n), 0, 255).astype(np.uint8)
+        self._noise = SensorNoise((w, h), self.noise, self.seed)
 
     @staticmethod
     def _cut(path: Path, points: np.ndarray) -> _Face | None:
@@ -124,7 +120,7 @@ class CrowdStream:
         cy = (row + 0.5) * cell_h + 0.18 * cell_h * math.sin(2 * math.pi * t / (4.1 + 0.5 * k) + ph[1])
         if col in (0, 3):
             # the outer columns leave the frame sideways in turn, for about 1.5 s of every 8 s
-            period, u = 8.0, ((t + 2.0 * (k % 4 == 3) + 4.0 * row) % 8.0) / 8.0
+            u = ((t + 2.0 * (k % 4 == 3) + 4.0 * row) % 8.0) / 8.0
             out = max(0.0, math.sin(2 * math.pi * u)) ** 4  # 0 most of the time, 1 when out
             cx += (-1 if col == 0 else 1) * out * (cell_w * 0.5 + 3.2 * self.iod)
         iod = self.iod * math.exp(0.22 * math.sin(2 * math.pi * t / (6.3 + 0.4 * k) + ph[2]))
@@ -164,11 +160,7 @@ class CrowdStream:
         np.copyto(out, self._background)
         for k, f in enumerate(self._faces):
             self._paste(out, f, self._matrix(k, i))
-        if self.noise > 0:
-            rng = np.random.default_rng((self.seed, i))
-            oy, ox = (int(v) for v in rng.integers(0, self._pad, 2))
-            cv2.add(out, self._noise_pos[oy:oy + h, ox:ox + w], dst=out)
-            cv2.subtract(out, self._noise_neg[oy:oy + h, ox:ox + w], dst=out)
+        self._noise.add(out, i)
         return out
 
     @staticmethod
@@ -178,16 +170,7 @@ class CrowdStream:
         corners = np.array([[0, 0], [side, 0], [0, side], [side, side]], np.float64) @ m[:, :2].T + m[:, 2]
         x0, y0 = (max(int(v), 0) for v in corners.min(axis=0))
         x1, y1 = int(min(corners[:, 0].max() + 1, w)), int(min(corners[:, 1].max() + 1, h))
-        if x1 <= x0 or y1 <= y0:
-            return
-        mm = m.copy()
-        mm[:, 2] -= (x0, y0)
-        size = (x1 - x0, y1 - y0)
-        fg = cv2.warpAffine(f.sprite, mm, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-        alpha = cv2.warpAffine(f.mask, mm, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        a = alpha.astype(np.float32) * np.float32(1 / 255)
-        roi = out[y0:y1, x0:x1]
-        np.copyto(roi, cv2.blendLinear(fg, np.ascontiguousarray(roi), a, 1.0 - a))
+        blend_sprite(out, f.sprite, f.mask, m, (x0, y0, x1, y1), cv2.INTER_AREA)
 
     def __repr__(self) -> str:
         return f"CrowdStream(size={self.size}, faces={self.count}, fps={self.fps}, frames={self.frames})"

@@ -127,14 +127,7 @@ class SampleStream:
         self._mask = np.clip(cv2.GaussianBlur(mask, (0, 0), _MASK_BLUR) + 0.5, 0, 255).astype(np.uint8)
         self._anchor = ASTRONAUT_LANDMARKS.mean(axis=0)
         self._background = _background(w, h, self.seed)
-        # sensor noise: a bank bigger than a frame, read at a random offset per frame (cheap,
-        # and never the same pattern twice in a row); split in +/- parts for saturating adds
-        self._pad = 64
-        if self.noise > 0:
-            rng = np.random.default_rng(self.seed + 1)
-            n = rng.normal(0.0, self.noise, (h + self._pad, w + self._pad, 3))
-            self._noise_pos = np.clip(np.round(n), 0, 255).astype(np.uint8)
-            self._noise_neg = np.clip(np.round(-n), 0, 255).astype(np.uint8)
+        self._noise = SensorNoise((w, h), self.noise, self.seed)
 
     # --- the motion ------------------------------------------------------------------------
     def timestamp_ms(self, i: int) -> float:
@@ -192,11 +185,7 @@ class SampleStream:
         p = self.pose(i)
         if p.visible:
             self._paste(out, self.matrix(i), p)
-        if self.noise > 0:
-            rng = np.random.default_rng((self.seed, i))
-            oy, ox = (int(v) for v in rng.integers(0, self._pad, 2))
-            cv2.add(out, self._noise_pos[oy:oy + h, ox:ox + w], dst=out)
-            cv2.subtract(out, self._noise_neg[oy:oy + h, ox:ox + w], dst=out)
+        self._noise.add(out, i)
         return out
 
     def _paste(self, out: np.ndarray, m: np.ndarray, p: Pose) -> None:
@@ -210,16 +199,7 @@ class SampleStream:
         centre = m[:, :2] @ np.array(_HEAD_CENTRE) + m[:, 2]
         x0, y0 = max(int(centre[0] - rx), 0), max(int(centre[1] - ry), 0)
         x1, y1 = min(int(centre[0] + rx) + 1, w), min(int(centre[1] + ry) + 1, h)
-        if x1 <= x0 or y1 <= y0:
-            return
-        mm = m.copy()
-        mm[:, 2] -= (x0, y0)
-        size = (x1 - x0, y1 - y0)
-        fg = cv2.warpAffine(self._sprite, mm, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        alpha = cv2.warpAffine(self._mask, mm, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        a = alpha.astype(np.float32) * np.float32(1 / 255)
-        roi = out[y0:y1, x0:x1]
-        np.copyto(roi, cv2.blendLinear(fg, np.ascontiguousarray(roi), a, 1.0 - a))
+        blend_sprite(out, self._sprite, self._mask, m, (x0, y0, x1, y1))
 
     def __iter__(self):
         i = 0
@@ -230,6 +210,48 @@ class SampleStream:
     def __repr__(self) -> str:
         return (f"SampleStream(size={self.size}, fps={self.fps}, motion={self.motion!r}, "
                 f"noise={self.noise}, frames={self.frames})")
+
+
+class SensorNoise:
+    """Per-frame Gaussian noise of `sigma` grey levels, as a webcam sensor adds: a bank bigger
+    than a frame, read at an offset drawn from (seed, frame index) (cheap, replayable, and never
+    the same pattern twice in a row); split in +/- parts for saturating adds."""
+
+    PAD = 64
+
+    def __init__(self, size: tuple[int, int], sigma: float, seed: int):
+        w, h = size
+        self.size, self.sigma, self.seed = (w, h), float(sigma), int(seed)
+        if self.sigma > 0:
+            n = np.random.default_rng(self.seed + 1).normal(0.0, self.sigma, (h + self.PAD, w + self.PAD, 3))
+            self._pos = np.clip(np.round(n), 0, 255).astype(np.uint8)
+            self._neg = np.clip(np.round(-n), 0, 255).astype(np.uint8)
+
+    def add(self, out: np.ndarray, i: int) -> None:
+        if self.sigma <= 0:
+            return
+        w, h = self.size
+        oy, ox = (int(v) for v in np.random.default_rng((self.seed, i)).integers(0, self.PAD, 2))
+        cv2.add(out, self._pos[oy:oy + h, ox:ox + w], dst=out)
+        cv2.subtract(out, self._neg[oy:oy + h, ox:ox + w], dst=out)
+
+
+def blend_sprite(out: np.ndarray, sprite: np.ndarray, mask: np.ndarray, m: np.ndarray,
+                 region: tuple[int, int, int, int], interpolation: int = cv2.INTER_LINEAR) -> None:
+    """Warp `sprite` and its uint8 alpha `mask` by the 2x3 matrix `m` (sprite pixels -> frame
+    pixels) into the frame `out`, only inside `region` (x0, y0, x1, y1, clipped by the caller
+    to the frame), and blend them there: the sample and crowd streams' pasting."""
+    x0, y0, x1, y1 = region
+    if x1 <= x0 or y1 <= y0:
+        return
+    mm = m.copy()
+    mm[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+    fg = cv2.warpAffine(sprite, mm, size, flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask, mm, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    a = alpha.astype(np.float32) * np.float32(1 / 255)
+    roi = out[y0:y1, x0:x1]
+    np.copyto(roi, cv2.blendLinear(fg, np.ascontiguousarray(roi), a, 1.0 - a))
 
 
 def nme(pred: np.ndarray, true: np.ndarray) -> float:
