@@ -257,6 +257,9 @@ def test_under_half_open_connections_and_many_streams_the_server_still_serves():
 
 # --- a real browser ---------------------------------------------------------------------------
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# let the page's timers run 3 s of (virtual) time before the dump: its first poll of
+# state.json must have come back; --timeout bounds it in real time
+WAIT = ["--virtual-time-budget=3000", "--timeout=15000"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -268,11 +271,11 @@ def test_the_page_in_headless_chromium_shows_the_stream_and_the_attributes(tmp_p
     try:
         with Producer(s):
             with tempfile.TemporaryDirectory() as profile:
-                dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--timeout=4000",
-                                      "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+                dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *WAIT, "--dump-dom", url],
+                                     capture_output=True, text=True, timeout=90).stdout
             with tempfile.TemporaryDirectory() as profile:
                 shot = tmp_path / "page.png"
-                subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--timeout=4000",
+                subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *WAIT,
                                 "--window-size=800,600", f"--screenshot={shot}", url],
                                capture_output=True, timeout=90, cwd=tmp_path)
             sent = s.sent

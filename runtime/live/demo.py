@@ -15,6 +15,7 @@ not come back ends the run (exit 1) with the summary so far.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,8 @@ import numpy as np
 
 from facemtl.runtime.live.stats import StageStats
 from facemtl.runtime.mirror import FLIP_AVERAGE_HELP
+
+log = logging.getLogger(__name__)
 
 SUMMARY_STAGES = ("capture", "detect", "crop", "infer", "track", "draw", "output", "analysis", "total")
 
@@ -296,6 +299,7 @@ def run(args) -> int:
 def _loop(args, source, analyzer, server, recorder, json_out, draw):
     import cv2
 
+    from facemtl.runtime.errors import ImageError
     from facemtl.runtime.live.sources import SourceError
     from facemtl.runtime.live.sample import nme as nme_of
 
@@ -337,8 +341,16 @@ def _loop(args, source, analyzer, server, recorder, json_out, draw):
             if frame is None:
                 break
             t1 = time.perf_counter()
-            result = (analyzer.analyze_for_video(frame.image, frame.timestamp_ms) if tracking
-                      else analyzer.analyze(frame.image))
+            try:
+                result = (analyzer.analyze_for_video(frame.image, frame.timestamp_ms) if tracking
+                          else analyzer.analyze(frame.image))
+            except (ImageError, cv2.error) as e:
+                # one frame OpenCV or the analyzer cannot use (an image file of odd shape): that
+                # frame's problem, skipped and counted like an undecodable one; a model file that
+                # fails (ModelFileError) ends the run
+                source.bad += 1
+                log.warning("%s: frame %d skipped: %s", source.name, frame.index, str(e).strip().splitlines()[-1])
+                continue
             t2 = time.perf_counter()
             stages = {"capture": 1000 * (t1 - t0), **analysis_stages(result, 1000 * (t2 - t1))}
             if visual:

@@ -222,7 +222,9 @@ class MjpegServer:
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._seq = 0
-        self._jpeg: tuple[int, bytes] | None = None   # (seq, bytes) of the last encoding
+        # (seq, JPEG, multipart part) of the last encoding: each stream client sends the same
+        # part bytes, built once per frame rather than once per client
+        self._jpeg: tuple[int, bytes, bytes] | None = None
         self._state: dict = {"frame": None, "faces": []}
         self._stopping = False
         self.clients = 0     # viewers waiting for frames (streams and /frame.jpg): frames are copied for them
@@ -338,8 +340,7 @@ class MjpegServer:
                         if jpeg is None:
                             continue
                         seq = jpeg[0]
-                        self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                         f"Content-Length: {len(jpeg[1])}\r\n\r\n".encode() + jpeg[1] + b"\r\n")
+                        self.wfile.write(jpeg[2])
                         self.wfile.flush()
                         server.sent += 1
                 except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError, OSError):
@@ -437,7 +438,7 @@ class MjpegServer:
                 self._state = state
             self._cond.notify_all()
 
-    def _encoded(self, after: int, timeout: float) -> tuple[int, bytes] | None:
+    def _encoded(self, after: int, timeout: float) -> tuple[int, bytes, bytes] | None:
         """The JPEG of the first frame newer than `after`, encoded once for all clients."""
         with self._cond:
             if (self._seq <= after or self._frame is None) and timeout > 0:
@@ -450,7 +451,10 @@ class MjpegServer:
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             return None
-        jpeg = (seq, buf.tobytes())
+        data = buf.tobytes()
+        part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                + data + b"\r\n")
+        jpeg = (seq, data, part)
         with self._cond:
             if self._jpeg is None or self._jpeg[0] < seq:
                 self._jpeg = jpeg

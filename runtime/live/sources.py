@@ -365,6 +365,7 @@ class VideoFileSource(Source):
         # whose header overstates its length) fails every read after its last real frame, and
         # those are no frames at all. So failures are held as `pending` until a frame decodes.
         pending = 0
+        unusable = 0
         while True:
             if self._cap is None:
                 return self._end(pending)
@@ -383,7 +384,8 @@ class VideoFileSource(Source):
                 self.bad += pending + 1
                 self._index += pending + 1
                 pending = 0
-                if self.bad >= self._max_bad_run and self.delivered == 0:
+                unusable += 1
+                if unusable >= self._max_bad_run:  # a run of them: the rest of the file is no better
                     return self._end(0)
                 continue
             # a failed read at or past the stated end is the end; before it, maybe a bad frame
