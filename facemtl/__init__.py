@@ -30,6 +30,7 @@ _EXPORTS = {
     "Classification": "facemtl.runtime.results",
     "Face": "facemtl.runtime.results",
     "FrameResult": "facemtl.runtime.results",
+    "read_image": "facemtl.runtime.images",
     "ModelSpec": "facemtl.runtime.spec",
     "HeadSpec": "facemtl.runtime.spec",
     "FacemtlError": "facemtl.runtime.errors",

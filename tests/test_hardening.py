@@ -111,6 +111,15 @@ def test_the_default_cap_admits_a_phone_photo_and_the_cap_is_configurable(tmp_pa
         read_image(path, max_pixels=10_000_000)
 
 
+def test_the_capped_reader_is_public(tmp_path):
+    import facemtl
+
+    huge = tmp_path / "huge.ppm"
+    huge.write_bytes(b"P6\n50000 50000\n255\n\0\0\0")
+    with pytest.raises(facemtl.ImageError, match="huge.ppm: 50000 x 50000 pixels"):
+        facemtl.read_image(huge)
+
+
 def test_a_header_that_does_not_give_the_size_is_refused_under_a_cap(tmp_path):
     path = tmp_path / "cut.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
