@@ -173,11 +173,7 @@ def run_predict(args) -> int:
     if workers < 1:
         raise CommandError(f"--workers must be >= 1, got {workers}")
     max_pixels = getattr(args, "max_pixels", None)
-    # the output first: a path that cannot be written is a one-line error before any work
-    try:
-        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    except OSError as e:
-        raise CommandError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
+    out = None
     out_name = args.out or "stdout"
     # one analyzer per worker: OpenCV's cascades and the interpreters keep per-call state, and
     # a FaceAnalyzer refuses a second thread (ConcurrentUseError). Reading, decoding, detection
@@ -194,6 +190,12 @@ def run_predict(args) -> int:
             analyzers.append(_analyzer_from_args(args))
         for a in analyzers:
             pool.put(a)
+        # opened once the model and detector are known good: a mistyped --model does not
+        # truncate last run's --out file; a path that cannot be written is one line, exit 2
+        try:
+            out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+        except OSError as e:
+            raise CommandError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
         if workers > 1:
             cv2.setNumThreads(1)  # the parallelism is across images; OpenCV's own would oversubscribe
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict") as ex:
@@ -244,7 +246,7 @@ def run_predict(args) -> int:
         cv2.setNumThreads(cv_threads)
         for a in analyzers:
             a.close()
-        if out is not sys.stdout:
+        if out is not None and out is not sys.stdout:
             try:
                 out.close()  # flushes: a full disk shows here at the latest
             except OSError as e:

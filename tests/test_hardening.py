@@ -289,3 +289,26 @@ def test_demo_over_a_folder_skips_an_over_size_image_and_goes_on(tmp_path, face_
     assert r.returncode == 0 and "Traceback" not in r.stderr
     assert "a_huge.ppm: 50000 x 50000 pixels (2500.0 MP) is over the limit" in r.stderr
     assert "bad frames 1" in r.stderr and len(r.stdout.splitlines()) == 1
+
+
+def test_a_bad_model_leaves_the_last_runs_out_file_alone(tmp_path, face_jpg):
+    out = tmp_path / "out.jsonl"
+    out.write_text("last run\n")
+    r = _run(["predict", "-m", str(tmp_path / "missing.tflite"), "-o", str(out), str(face_jpg)])
+    assert r.returncode == 2 and out.read_text() == "last run\n"
+
+
+def test_demo_into_a_closed_pipe_exits_quietly_and_to_an_unwritable_json_with_one_line(tmp_path):
+    pytest.importorskip("skimage", reason="the sample stream needs scikit-image")
+    p = subprocess.Popen(FACEMTL + ["demo", "--source", "sample", "--max-frames", "2000", "--json", "-",
+                                    "--pace", "off", "--record", str(tmp_path / "r.avi")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()  # `| head -1`
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141
+    assert first.startswith('{"frame": 0') and "Traceback" not in err and "Error" not in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["r.avi"] and _frames(tmp_path / "r.avi") >= 1
+    r = _run(["demo", "--source", "sample", "--max-frames", "3", "--json", "/proc/x.jsonl"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("facemtl demo: error: --json /proc/x.jsonl: cannot write")
