@@ -202,6 +202,39 @@ def test_half_sent_requests_time_out_and_connections_are_bounded():
         s.stop()
 
 
+def test_a_request_trickled_a_byte_at_a_time_is_cut_off():
+    """Slowloris: a byte every 0.2 s never trips the 1 s socket timeout, but the request's
+    headers must be in within 2 s; the server closes the connection long before the client's
+    60 bytes are out."""
+    s = MjpegServer(port=0, timeout=1.0, request_timeout=2.0).start()
+    try:
+        c = socket.create_connection(("127.0.0.1", s.port))
+        request = b"GET /state.json HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 60
+        closed = False
+        for i in range(len(request)):
+            try:
+                c.sendall(request[i:i + 1])
+            except OSError:
+                closed = True
+                break
+            c.setblocking(False)
+            try:
+                if c.recv(1024) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            c.setblocking(True)
+            time.sleep(0.2)
+        assert closed and i < len(request) - 1 and s._httpd.reaped == 1
+        c.close()
+    finally:
+        s.stop()
+
+
 def test_stop_ends_half_open_connections_and_streams():
     s = MjpegServer(port=0, timeout=60).start()
     with Producer(s):

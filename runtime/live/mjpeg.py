@@ -13,8 +13,10 @@ watching, and JPEG encoding happens in the client threads (once per frame, share
 clients), so an unwatched server costs the loop almost nothing.
 
 What keeps it standing on a network (docs/live.md, "Serving"):
-- every connection has a socket timeout (`timeout`, 10 s): a client that sends half a
-  request, or stops reading its stream, loses its connection instead of holding a thread;
+- every connection has a socket timeout (`timeout`, 10 s), and a request's line and headers
+  must be in within `request_timeout` (15 s) however slowly they trickle: a client that
+  sends half a request, or stops reading its stream, loses its connection instead of
+  holding a thread;
 - at most `max_connections` connections at once (256; more are closed at once) and at most
   `max_clients` streams (8; more get 503), with a listen backlog of `backlog` (128);
 - the `Host` header must name this server (its bound address, localhost, an IP address,
@@ -37,6 +39,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -142,8 +145,35 @@ class _Server(ThreadingHTTPServer):
         self.max_connections = int(max_connections)
         self.connections: set[socket.socket] = set()
         self.refused = 0
+        self.reaped = 0
+        # sockets still sending their request line and headers -> when they must be done: the
+        # socket timeout alone lets a client that sends a byte every few seconds hold a thread
+        # for ever (slowloris)
+        self.deadlines: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
         super().__init__(address, handler)
+
+    def arm(self, request, seconds: float) -> None:
+        with self._lock:
+            self.deadlines[request] = time.monotonic() + seconds
+
+    def disarm(self, request) -> None:
+        with self._lock:
+            self.deadlines.pop(request, None)
+
+    def reap(self) -> None:
+        """Shut down every connection whose request is not in by its deadline."""
+        now = time.monotonic()
+        with self._lock:
+            late = [r for r, t in self.deadlines.items() if t < now]
+            for r in late:
+                del self.deadlines[r]
+            self.reaped += len(late)
+        for r in late:
+            try:
+                r.shutdown(socket.SHUT_RDWR)  # its thread's read returns at once; the handler ends
+            except OSError:
+                pass
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -170,6 +200,7 @@ class _Server(ThreadingHTTPServer):
     def shutdown_request(self, request) -> None:
         with self._lock:
             self.connections.discard(request)
+            self.deadlines.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
@@ -208,16 +239,18 @@ class MjpegServer:
     """The HTTP server on a daemon thread. `start()`, then `publish()` per frame, `stop()`."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, quality: int = 80, *,
-                 max_clients: int = 8, max_connections: int = 256, timeout: float = 10.0, backlog: int = 128,
+                 max_clients: int = 8, max_connections: int = 256, timeout: float = 10.0,
+                 request_timeout: float = 15.0, backlog: int = 128,
                  allowed_hosts: list[str] | tuple[str, ...] = (), token: str | None = None):
-        if max_clients < 1 or max_connections < 1 or timeout <= 0 or backlog < 1:
-            raise ValueError("max_clients, max_connections and backlog must be >= 1, timeout > 0")
+        if max_clients < 1 or max_connections < 1 or timeout <= 0 or request_timeout <= 0 or backlog < 1:
+            raise ValueError("max_clients, max_connections and backlog must be >= 1, timeouts > 0")
         if token is not None and not token.strip():
             raise ValueError("the auth token is empty")
         self.host = host
         self.quality = int(quality)
         self.max_clients = int(max_clients)
         self.timeout = float(timeout)
+        self.request_timeout = float(request_timeout)
         self.token = token
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
@@ -240,6 +273,12 @@ class MjpegServer:
             def log_message(self, *args) -> None:  # quiet: one line per frame would flood a journal
                 pass
 
+            def handle_one_request(self) -> None:
+                # the request line and headers must be in within request_timeout, however slowly
+                # they trickle; _route disarms once they are
+                self.server.arm(self.connection, server.request_timeout)
+                super().handle_one_request()
+
             def do_HEAD(self) -> None:
                 self._route(head=True)
 
@@ -247,6 +286,7 @@ class MjpegServer:
                 self._route(head=False)
 
             def _route(self, head: bool) -> None:
+                self.server.disarm(self.connection)
                 self._head = head
                 url = urlsplit(self.path)
                 path = url.path
@@ -359,6 +399,8 @@ class MjpegServer:
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="facemtl-mjpeg", daemon=True)
+        self._reaper_stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="facemtl-mjpeg-reaper", daemon=True)
 
     # --- checks -----------------------------------------------------------------------------
     def _count(self, what: str) -> None:
@@ -421,7 +463,12 @@ class MjpegServer:
 
     def start(self) -> "MjpegServer":
         self._thread.start()
+        self._reaper.start()
         return self
+
+    def _reap(self) -> None:
+        while not self._reaper_stop.wait(0.25):
+            self._httpd.reap()
 
     @property
     def watched(self) -> bool:
@@ -468,9 +515,12 @@ class MjpegServer:
                 return
             self._stopping = True
             self._cond.notify_all()
+        self._reaper_stop.set()
         if self._thread.is_alive():
             self._httpd.shutdown()
             self._thread.join(timeout=5.0)
+        if self._reaper.is_alive():
+            self._reaper.join(timeout=5.0)
         self._httpd.server_close()
         self._httpd.close_connections()
 
