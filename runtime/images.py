@@ -25,6 +25,8 @@ from facemtl.runtime.errors import ImageError
 # fits; decoded as BGR that is 150 MB, so predict stays well under 1 GB on any single input.
 DEFAULT_MAX_PIXELS = 50_000_000
 
+MAX_SIDE = 1 << 20  # OpenCV's CV_IO_MAX_IMAGE_WIDTH and _HEIGHT
+
 FORMATS = "JPEG, PNG, BMP, PPM/PGM/PBM, WebP, TIFF, JPEG 2000"
 
 
@@ -214,6 +216,8 @@ def check_size(path: str | os.PathLike, max_pixels: int | None) -> tuple[int, in
     w, h, fmt = image_size(path)
     if w <= 0 or h <= 0:
         raise ImageError(f"{path}: its {fmt} header gives a size of {w} x {h}")
+    if max(w, h) > MAX_SIDE:  # OpenCV's own bound on a side: refuse it here, in a message that says so
+        raise ImageError(f"{path}: {w} x {h} pixels: a side over {MAX_SIDE} pixels, more than OpenCV decodes")
     if w * h > max_pixels:
         raise ImageError(f"{path}: {w} x {h} pixels ({w * h / 1e6:.1f} MP) is over the limit of "
                          f"{max_pixels / 1e6:g} MP; raise it with --max-pixels if this image is trusted")

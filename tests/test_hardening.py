@@ -111,6 +111,13 @@ def test_the_default_cap_admits_a_phone_photo_and_the_cap_is_configurable(tmp_pa
         read_image(path, max_pixels=10_000_000)
 
 
+def test_a_side_longer_than_opencv_decodes_is_named_as_such(tmp_path):
+    path = tmp_path / "wide.pgm"
+    path.write_bytes(b"P5\n40000000 1\n255\n" + bytes(64))
+    with pytest.raises(ImageError, match="a side over 1048576 pixels"):
+        read_image(path)
+
+
 def test_the_capped_reader_is_public(tmp_path):
     import facemtl
 
