@@ -207,6 +207,19 @@ def test_atomic_writes_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
 
 
+def test_a_recording_gets_the_mode_a_new_file_gets(tmp_path):
+    from facemtl.runtime.live.record import Recorder
+
+    old = os.umask(0o027)
+    try:
+        with Recorder(tmp_path / "r.avi", fps=10) as rec:
+            assert next(tmp_path.glob("r.partial-*.avi")).stat().st_mode & 0o777 == 0o640  # while recording
+            rec.write(np.zeros((32, 32, 3), np.uint8))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.avi").stat().st_mode & 0o777 == 0o640
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_demo_with_a_full_disk_keeps_the_recording_and_leaves_no_partial_file(tmp_path):
     pytest.importorskip("skimage", reason="the sample stream needs scikit-image")
