@@ -105,6 +105,7 @@ def test_ipv6_loopback():
         assert status == 200 and "faces" in json.loads(body)
     finally:
         s.stop()
+    assert parse_address("[::1]") == ("::1", 8080) and parse_address("[::]:81") == ("::", 81)
     with pytest.raises(ValueError, match="brackets"):
         parse_address("::1:8080")
 

@@ -96,6 +96,8 @@ def parse_address(text: str | None) -> tuple[str, int]:
     if not text:
         return DEFAULT_HOST, DEFAULT_PORT
     text = str(text).strip()
+    if text.startswith("[") and text.endswith("]"):  # an IPv6 address alone: the default port
+        text = f"{text}:{DEFAULT_PORT}"
     host, sep, port = text.rpartition(":")
     if not sep or (text.startswith("[") and "]" not in text) or (not text.startswith("[") and ":" in host):
         if text.startswith("[") or ":" in host:
