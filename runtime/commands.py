@@ -243,6 +243,7 @@ def run_predict(args) -> int:
         else:
             raise CommandError(str(e)) from None
     finally:
+        failing = sys.exc_info()[0] is not None  # an error on its way out keeps its place
         cv2.setNumThreads(cv_threads)
         for a in analyzers:
             a.close()
@@ -250,7 +251,7 @@ def run_predict(args) -> int:
             try:
                 out.close()  # flushes: a full disk shows here at the latest
             except OSError as e:
-                if sys.exc_info()[0] is None:
+                if not failing:
                     raise CommandError(str(OutputError(out_name, e))) from None
     if closed_stdout:
         quiet_closed_stdout()

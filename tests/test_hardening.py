@@ -177,6 +177,13 @@ def test_predict_to_a_full_disk_is_one_line_exit_2(face_jpg):
     assert "error: cannot write stdout: No space left on device" in r.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_predict_out_to_a_full_disk_is_one_line_exit_2(face_jpg):
+    r = _run(["predict", "--out", "/dev/full", str(face_jpg)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "facemtl predict: error: cannot write /dev/full: No space left on device"
+
+
 def test_predict_into_a_closed_pipe_exits_quietly(face_jpg):
     p = subprocess.Popen(FACEMTL + ["predict", "-j1"] + [str(face_jpg)] * 40, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
