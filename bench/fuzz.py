@@ -4,7 +4,8 @@ model files through `facemtl predict --model`.
     python bench/fuzz.py --images 1000 --models 200 --seed 0
     python bench/fuzz.py --images 40 --models 8 --seed 1 --json fuzz.json   # what tests/test_fuzz.py runs
 
-Images: JPEG and PNG files of real MTFL faces, each mutant one of: bytes flipped (anywhere,
+Images: JPEG and PNG files of real MTFL faces (and a few WebP, BMP, TIFF, PPM, JPEG 2000:
+every format whose header the pixel cap reads), each mutant one of: bytes flipped (anywhere,
 or in the first 512 bytes where the headers are), truncated, two sections swapped, a
 section zeroed or repeated, or the header's size rewritten to claim a huge image. They run
 through `facemtl predict` in a few processes, interleaved with the unmutated images; every
@@ -81,11 +82,18 @@ def _repeat(rng, data: bytearray) -> tuple[bytearray, str]:
 
 
 def _huge_header(rng, data: bytearray) -> str:
-    """Rewrite the size in a JPEG's frame header or a PNG's IHDR to claim a huge image."""
+    """Rewrite the size in a PNG's IHDR, a BMP's or PPM's header or a JPEG's frame header to
+    claim a huge image (other formats: bytes of the header flipped)."""
     w, h = int(rng.integers(20000, 65536)), int(rng.integers(20000, 65536))
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         data[16:24] = struct.pack(">II", w, h)
         return "huge-png"
+    if data[:2] == b"BM":
+        data[18:26] = struct.pack("<ii", w, h)
+        return "huge-bmp"
+    if data[:2] == b"P6":
+        data[:data.index(b"255")] = f"P6\n{w} {h}\n".encode()  # the header's width and height, rewritten
+        return "huge-ppm"
     i = data.find(b"\xff\xc0")
     if i < 0:
         i = data.find(b"\xff\xc2")
@@ -151,8 +159,13 @@ def mutate_model(rng, path: Path, original: bytes, structure: list[tuple[int, in
 
 
 # --- images ----------------------------------------------------------------------------------
+# the formats of the unmutated faces, in turn: mostly JPEG and PNG (what users have), and the
+# other formats whose headers facemtl.runtime.images parses, so their parsers are fuzzed too
+GOOD_FORMATS = (".jpg", ".png", ".jpg", ".png", ".webp", ".bmp", ".tif", ".ppm", ".jp2", ".png")
+
+
 def good_images(data_dir: Path, n: int, out: Path) -> list[Path]:
-    """n real faces: MTFL JPEGs, every other one re-encoded as PNG."""
+    """n real faces: MTFL JPEGs, kept as they are or re-encoded (GOOD_FORMATS in turn)."""
     import cv2
 
     files = sorted((data_dir / "lfw_5590").glob("*.jpg"))[: 10 * n: 10] or sorted(data_dir.rglob("*.jpg"))[:n]
@@ -160,12 +173,12 @@ def good_images(data_dir: Path, n: int, out: Path) -> list[Path]:
         raise SystemExit(f"{data_dir}: fewer than {n} JPEG faces")
     goods = []
     for i, f in enumerate(files[:n]):
-        if i % 2:
-            p = out / f"good_{i:02d}.png"
-            cv2.imwrite(str(p), cv2.imread(str(f)))
-        else:
-            p = out / f"good_{i:02d}.jpg"
+        suffix = GOOD_FORMATS[i % len(GOOD_FORMATS)]
+        p = out / f"good_{i:02d}{suffix}"
+        if suffix == ".jpg":
             p.write_bytes(f.read_bytes())
+        else:
+            cv2.imwrite(str(p), cv2.imread(str(f)))
         goods.append(p)
     return goods
 
