@@ -58,8 +58,64 @@ class HeadTable(keras.callbacks.Callback):
             if key.startswith("val/") and not key.endswith("/loss") and key.count("/") == 2:
                 metric = key.split("/", 1)[1]
                 parts.append(f"{metric} {100 * v if metric.endswith('accuracy') else v:.2f}")
+        by_source: dict[str, list[str]] = {}
+        for k, v in logs.items():
+            key = MultiHead.metric_key(k, self.head_names)
+            if key.startswith("val/") and key.count("/") == 3:  # val/<source>/<head>/<metric> (SourceMetrics)
+                _, source, head, metric = key.split("/")
+                by_source.setdefault(source, []).append(
+                    f"{head}/{metric} {100 * v if metric.endswith('accuracy') else v:.2f}")
         vl = logs.get("val_loss", math.inf)
         if vl < self._best:
             self._best = vl
             parts.append("*")
         log.info("  ".join(parts))
+        for source, items in by_source.items():
+            log.info("    %s: %s", source, "  ".join(items))
+
+
+class SourceMetrics(keras.callbacks.Callback):
+    """Each epoch, every head's validation metric on each source's own held-out faces, added to
+    the epoch's logs (so history.csv and TensorBoard get them) as `val_<source>/<head>/<metric>`:
+    a mixed validation set hides a source the model gets worse on. Masked like training: a
+    head's metric counts only the faces that have its label; a source without any label for
+    a head gets no entry for it. Must run before the callbacks that write the logs."""
+
+    def __init__(self, sources, spec):
+        super().__init__()
+        import numpy as np
+
+        self.spec = spec
+        self.sets = []
+        for name, source in sources:
+            index = np.arange(len(source))
+            x, y, a, w = source.weighted_batch(index, np.zeros(len(index), np.int64))
+            self.sets.append((name, x, y, a, w, source.columns))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for key, value in self.scores().items():
+            logs[key] = value
+
+    def scores(self) -> dict[str, float]:
+        import numpy as np
+
+        out = {}
+        for name, x, y, a, w, columns in self.sets:
+            pred = self.model.predict(x, batch_size=512, verbose=0)
+            for k, h in enumerate(self.spec.heads):
+                have = w[:, k] > 0
+                if not have.any():
+                    continue
+                p = np.asarray(pred[h.name])[have]
+                if h.kind == "regression":
+                    t = y[have].reshape(len(p), -1, 2)
+                    q = p.reshape(len(p), -1, 2)
+                    err = np.linalg.norm(t - q, axis=-1).mean(axis=-1)
+                    iod = np.maximum(np.linalg.norm(t[:, 1] - t[:, 0], axis=-1), 1e-6)
+                    out[f"val_{name}/{h.name}/nme"] = float(np.mean(100.0 * err / iod))
+                else:
+                    t = a[have, columns[h.name]]
+                    out[f"val_{name}/{h.name}/accuracy"] = float(np.mean(p.argmax(axis=1) == t))
+        return out

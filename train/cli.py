@@ -41,6 +41,13 @@ def _weights(text: str) -> dict[str, float]:
     return out
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
 def _quiet_tensorflow() -> None:
     from facemtl.train.quiet import import_tensorflow
 
@@ -54,7 +61,19 @@ def register_train(sub) -> None:
     p = sub.add_parser("train", help="train the multi-task model on MTFL",
                        description="Train all heads jointly on MTFL training.txt (a deterministic part held out for validation); "
                                    "exports the best validation epoch as RUN_DIR/model.keras with spec.json beside it.")
-    p.add_argument("--data", help="MTFL folder (default: $FACEMTL_DATA or ../shared/data/mtfl)")
+    p.add_argument("--data", action="append", default=None,
+                   help="a data source: an MTFL folder, a JSON-lines manifest or a folder per class (docs/data.md); "
+                        "repeat for several (default: $FACEMTL_DATA or ../shared/data/mtfl)")
+    p.add_argument("--data-weights", type=_floats, default=(),
+                   help="each --data source's share of every epoch's draws, e.g. 1,0.5 (default: every face once)")
+    p.add_argument("--init", type=Path, help="start from this trained model.keras (fine-tuning); its spec, trunk "
+                                            "and calibrations are kept, the trunk options here are ignored")
+    p.add_argument("--freeze", choices=("none", "trunk"), default=d.freeze,
+                   help="trunk: train only the heads (heads no training face labels are always frozen)")
+    p.add_argument("--add-head", action="append", default=[], dest="add_heads", metavar="NAME:classification:L1,L2",
+                   help="add a classification head to the spec (repeatable)")
+    p.add_argument("--detector", default=d.detector,
+                   help="frames training faces without landmarks, through the spec's calibration (default yunet)")
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, model.keras)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -118,8 +137,11 @@ def _run_train(args) -> int:
     from facemtl.train.fit import RunError, train
     from facemtl.train.mtfl import AnnotationError, DataError
 
+    sources = tuple(args.data) if args.data else (str(_data_dir(None)),)
     cfg = TrainConfig(
-        data=_data_dir(args.data), out=args.out, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
+        data=Path(sources[0]), out=args.out, sources=sources, source_weights=args.data_weights,
+        init=str(args.init) if args.init else "", freeze=args.freeze, add_heads=tuple(args.add_heads),
+        detector=args.detector, epochs=args.epochs, batch_size=args.batch_size, heads=args.heads,
         weights=args.weights, trunk=args.trunk, width=args.width, depth=args.depth,
         first_block=args.first_block, stem=args.stem, features=args.features, pool=args.pool, head_hidden=args.head_hidden, ema=args.ema, dropout=args.dropout,
         activation=args.activation, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
@@ -133,10 +155,20 @@ def _run_train(args) -> int:
         result = train(cfg)
     except (RunError, DataError, AnnotationError, ValueError) as e:
         raise CommandError(str(e)) from e
+    except FacemtlError as e:  # a model file (--init) or spec that cannot be used
+        raise CommandError(str(e)) from e
     print(f"best epoch {result.best_epoch}; model: {result.model_path}; spec: {result.spec_path}; "
           f"{result.seconds / 60:.1f} min")
-    if args.calibrate:
-        _calibrate_after_training(result.spec_path, cfg.data, args.calibrate)
+    if args.calibrate and args.init:
+        print("kept the detector calibrations of --init: they map boxes to its crop policy, which fine-tuning keeps")
+    elif args.calibrate:
+        from facemtl.train.sources import source_kind
+
+        mtfl = [p for p in cfg.sources if source_kind(p) == "mtfl"]
+        if mtfl:
+            _calibrate_after_training(result.spec_path, Path(mtfl[0]), args.calibrate)
+        else:
+            print("no MTFL source to calibrate detectors on: run `facemtl calibrate` on the new spec")
     return 0
 
 
@@ -153,9 +185,13 @@ def register_evaluate(sub) -> None:
                        description="Landmarks: NME (mean, per landmark), failure rate, AUC of the cumulative error curve to 10%%; "
                                    "attributes: accuracy, balanced accuracy, confusion matrix.")
     p.add_argument("model", type=Path, help="model.keras (spec.json beside it is used if present)")
-    p.add_argument("--data", help="MTFL folder (default: $FACEMTL_DATA or ../shared/data/mtfl)")
-    p.add_argument("--split", default="testing", choices=["testing", "validation", "training"],
-                   help="testing (the benchmark, default), validation (held out of training.txt), training")
+    p.add_argument("--data", help="an MTFL folder, a JSON-lines manifest or a folder per class (docs/data.md; "
+                                  "default: $FACEMTL_DATA or ../shared/data/mtfl)")
+    p.add_argument("--split", default=None, choices=["testing", "validation", "training", "all"],
+                   help="MTFL: testing (the benchmark, default), validation (held out of training.txt), training; "
+                        "a manifest or folder per class: all (default), validation or training (as train splits it)")
+    p.add_argument("--detector", default="yunet",
+                   help="frames faces without landmarks, through the model spec's calibration (default yunet)")
     p.add_argument("--json", type=Path, help="write the metrics as JSON here")
     p.add_argument("--plots", type=Path, help="write PNG plots into this folder")
     p.add_argument("--skip-bad", action="store_true")
@@ -166,7 +202,8 @@ def register_evaluate(sub) -> None:
 def _run_evaluate(args) -> int:
     _quiet_tensorflow()
     from facemtl.runtime.spec import ModelSpec, SpecError
-    from facemtl.train.evaluate import evaluate, keras_predictor, write_json
+    from facemtl.train.evaluate import evaluate, evaluate_source, keras_predictor, write_json
+    from facemtl.train.sources import source_kind
     from facemtl.train.model import ModelFileError, load_model
     from facemtl.train.mtfl import AnnotationError, DataError
 
@@ -174,8 +211,20 @@ def _run_evaluate(args) -> int:
         model = load_model(args.model)
         spec_file = args.model.with_name("spec.json")
         spec = ModelSpec.load(spec_file) if spec_file.exists() else model.model_spec
-        report = evaluate(keras_predictor(model), spec, _data_dir(args.data), args.split, skip_bad=args.skip_bad,
-                          plots=args.plots, progress=sys.stderr.isatty(), flip_average=args.flip_average)
+        data = _data_dir(args.data)
+        if source_kind(data) == "mtfl":
+            if args.split == "all":
+                raise CommandError("an MTFL folder has the splits testing, validation and training")
+            report = evaluate(keras_predictor(model), spec, data, args.split or "testing", skip_bad=args.skip_bad,
+                              plots=args.plots, progress=sys.stderr.isatty(), flip_average=args.flip_average)
+        else:
+            if args.split == "testing":
+                raise CommandError(f"{data} is not an MTFL folder: use --split all, validation or training")
+            if args.plots:
+                print("--plots: drawn for MTFL splits only; the metrics follow")
+            report = evaluate_source(keras_predictor(model), spec, data, args.split or "all", skip_bad=args.skip_bad,
+                                     detector=args.detector, flip_average=args.flip_average,
+                                     progress=sys.stderr.isatty())
     except (ModelFileError, SpecError, DataError, AnnotationError) as e:
         raise CommandError(str(e)) from e
     print(report.summary())

@@ -57,5 +57,14 @@ class TrainConfig:
     # and evaluation all read it from the spec, so a larger input needs nothing else; it costs
     # latency roughly with the pixel count (docs/experiments.md, run 37)
     input_size: int = 0
-    limit: int = 0                         # use only the first N training faces (smoke runs)
+    limit: int = 0                         # use only the first N training faces of each source (smoke runs)
+    # every data source (`data` is the first): MTFL folders, manifests, folders per class
+    # (facemtl.train.sources); empty means `data` alone
+    sources: tuple[str, ...] = ()
+    # per-source share of each epoch's draws (empty: every face once per epoch)
+    source_weights: tuple[float, ...] = ()
+    init: str = ""                         # a trained model.keras to start from (fine-tuning)
+    freeze: str = "none"                   # "trunk": train only the heads
+    add_heads: tuple[str, ...] = ()        # NAME:classification:LABEL1,LABEL2, added to the spec
+    detector: str = "yunet"                # frames training faces that have no landmarks
     verbose: int = 1

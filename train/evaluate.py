@@ -98,6 +98,8 @@ def score(spec: ModelSpec, outputs: dict, mats: np.ndarray, data: Images) -> dic
             heads[h.name]["by_true_pose"] = _by_pose(nme, ann.labels["pose"])
             if groups:
                 heads[h.name]["by_collection"] = {g: _nme_summary(nme[i]) for g, i in groups.items()}
+        elif h.name not in ann.labels:
+            continue  # a head MTFL has no labels for (added by fine-tuning): nothing to score it against
         else:
             true = ann.labels[h.name]
             heads[h.name] = class_metrics(dec["class_ids"], true, h.labels).to_dict()
@@ -194,11 +196,92 @@ def evaluate(predict: Predictor, spec: ModelSpec, data_dir: Path, split: str = "
     return report
 
 
+def score_faces(spec: ModelSpec, outputs: dict, mats: np.ndarray, faces) -> dict[str, dict]:
+    """`score` for faces of any source (`facemtl.train.sources.Faces`): each head is scored
+    on the faces that have its label (landmarks: those with landmarks), and a head no face
+    labels is left out. `faces` counts the faces each head was scored on."""
+    from facemtl.train.sources import MISSING
+
+    heads = {}
+    for h in spec.heads:
+        dec = h.decode(outputs[h.name])
+        if h.kind == REGRESSION:
+            have = faces.has_points
+            if not have.any():
+                continue
+            idx = np.flatnonzero(have)
+            pts = np.stack([to_image(dec["points"][i], mats[i]) for i in idx])
+            true_pts = faces.points[idx].astype(np.float64)
+            heads[h.name] = landmark_metrics(pts, true_pts, spec.landmark_names).to_dict()
+            pose = faces.labels.get("pose")
+            if pose is not None and (pose[idx] != MISSING).all():
+                heads[h.name]["by_true_pose"] = _by_pose(nme_per_face(pts, true_pts), pose[idx])
+        else:
+            true = faces.labels.get(h.name)
+            if true is None or not (true != MISSING).any():
+                continue
+            idx = np.flatnonzero(true != MISSING)
+            heads[h.name] = class_metrics(dec["class_ids"][idx], true[idx], h.labels).to_dict()
+            heads[h.name]["contradicted"] = int(len(contradicted(dec["probabilities"][idx], true[idx])))
+            heads[h.name]["calibration"] = calibration(dec["probabilities"][idx], true[idx], h.labels)
+        heads[h.name]["faces"] = int(len(idx))
+    return heads
+
+
+def source_crops(loaded, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Crops of loaded faces (`facemtl.train.sources.LoadedFaces`): the landmark square where a
+    face has landmarks, else the detector's calibrated square, as at run time."""
+    from facemtl.runtime.preprocess import Square
+
+    n, s = len(loaded), spec.input.size
+    x = np.empty((n, s, s, 1), np.float32)
+    mats = np.empty((n, 2, 3), np.float64)
+    has = loaded.faces.has_points
+    for i in range(n):
+        sq = (face_square(loaded.images[i], loaded.faces.points[i], spec.crop) if has[i] or spec.crop.mode == "image"
+              else Square(*loaded.squares[i]))
+        patch, mats[i] = crop(loaded.images[i], sq, s)
+        x[i, :, :, 0] = normalize(patch, spec.input)
+    return x, mats
+
+
+def evaluate_source(predict: Predictor, spec: ModelSpec, source: Path, split: str = "all", skip_bad: bool = False,
+                    detector: str = "yunet", val_fraction: float = 0.1, flip_average: bool = False,
+                    progress: bool = False) -> EvalReport:
+    """Per-head metrics on a manifest or a folder per class: `split` "all" faces, or the
+    "validation"/"training" part as `facemtl train` splits the source (by face id)."""
+    from facemtl.train.sources import load_faces, raise_problems, read_source, validation_split
+
+    if flip_average:
+        from facemtl.runtime.mirror import flip_averaged
+
+        predict = flip_averaged(predict, spec)
+    t0 = time.time()
+    faces, problems = read_source(source, spec)
+    if split in ("validation", "training"):
+        faces = validation_split(faces, val_fraction)[split == "validation"]
+    elif split != "all":
+        raise ValueError(f"split {split!r}: a manifest or folder per class has all, validation or training")
+    loaded = load_faces(faces, spec, detector, progress=progress)
+    problems = problems + loaded.problems
+    raise_problems(problems, str(source), skip_bad)
+    if not len(loaded):
+        from facemtl.runtime.errors import DataError
+
+        raise DataError(f"{source}: no usable faces in split {split!r}")
+    x, mats = source_crops(loaded, spec)
+    heads = score_faces(spec, predict(x), mats, loaded.faces)
+    framing = (f"landmarks where annotated (square of side {spec.crop.scale} x their RMS radius), else the "
+               f"{detector} detector through the spec's calibration")
+    return EvalReport(f"{Path(source).name} ({split})", len(loaded), framing, heads, time.time() - t0,
+                      problems if skip_bad else [], flip_average)
+
+
 def write_json(report: EvalReport, path: Path) -> None:
     from facemtl.runtime.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-__all__ = ["EvalReport", "evaluate", "keras_predictor", "canonical_crops", "image_folders", "confident_errors",
+__all__ = ["EvalReport", "evaluate", "evaluate_source", "score_faces", "source_crops", "keras_predictor", "canonical_crops", "image_folders", "confident_errors",
            "contradicted", "score", "nme_per_face", "write_json"]

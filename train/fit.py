@@ -79,21 +79,136 @@ def run_spec(cfg: TrainConfig) -> ModelSpec:
 def class_priors(ann, spec: ModelSpec, heads, sample_weights=None) -> dict[str, tuple[float, ...]]:
     """Class frequencies per classification head as training sees them: flips included (a flip
     mirrors the pose label, so pose is counted as if half the faces were mirrored) and, with
-    `sample_weights`, as resampled (see `pose_sampling_weights`)."""
+    `sample_weights`, as resampled (see `pose_sampling_weights`). Faces without a head's
+    label (MISSING, -1) do not count for it; a head no face labels gets no prior."""
     import numpy as np
 
     from facemtl.train.pipeline import pose_counts
 
     priors = {}
+    n = len(next(iter(ann.labels.values()))) if ann.labels else 0
+    w_all = np.ones(n) if sample_weights is None else np.asarray(sample_weights, float)
     for h in spec.heads:
-        if h.kind != "classification" or h.name not in heads:
+        if h.kind != "classification" or h.name not in heads or h.name not in ann.labels:
             continue
+        labels = np.asarray(ann.labels[h.name])
+        have = labels >= 0
+        if not have.any():
+            continue
+        w = None if sample_weights is None else w_all[have]
         if h.name == "pose":
-            counts = pose_counts(ann.labels["pose"], sample_weights)
+            counts = pose_counts(labels[have], w)
         else:
-            counts = np.bincount(ann.labels[h.name], weights=sample_weights, minlength=h.units).astype(float)
+            counts = np.bincount(labels[have], weights=w, minlength=h.units).astype(float)
         priors[h.name] = tuple(float(v) for v in np.maximum(counts, 1) / counts.sum())
     return priors
+
+
+def initial_spec(cfg: TrainConfig):
+    """(spec, model to start from or None): the run's spec from the options, or, with
+    `--init`, the trained model's own spec (its calibrations included), plus `--add-head`s."""
+    from facemtl.train.finetune import add_heads, model_spec_of, parse_head
+
+    base = None
+    if cfg.init:
+        from facemtl.train.model import load_model
+
+        base = load_model(cfg.init)
+        spec = model_spec_of(Path(cfg.init), base).replace(quantization={})
+        if cfg.heads:
+            spec = spec.select(cfg.heads)
+        if cfg.weights:
+            spec = spec.with_weights(cfg.weights)
+    else:
+        spec = run_spec(cfg)
+    spec = add_heads(spec, [parse_head(h) for h in cfg.add_heads])
+    if cfg.weights and cfg.add_heads:
+        spec = spec.with_weights(cfg.weights)
+    return spec, base
+
+
+@dataclass
+class SourceData:
+    """One source's faces, loaded and split."""
+
+    name: str
+    path: str
+    train: object      # facemtl.train.sources.LoadedFaces
+    val: object
+    problems: list
+
+
+def load_sources(cfg: TrainConfig, spec: ModelSpec, progress: bool = False) -> list[SourceData]:
+    """Read, split and load every `--data` source; every bad face of every source is listed
+    in one DataError, or, with `--skip-bad`, dropped and counted."""
+    import numpy as np
+
+    from facemtl.train.sources import load_faces, raise_problems, read_source, source_names, validation_split
+
+    paths = [str(p) for p in (cfg.sources or (cfg.data,))]
+    out, problems = [], []
+    for name, path in zip(source_names(paths), paths):
+        faces, bad = read_source(path, spec, "training")
+        faces.name = name
+        if cfg.limit:
+            faces = faces.subset(np.arange(min(cfg.limit, len(faces))))
+        tr, va = validation_split(faces, cfg.val_fraction)
+        tr_l = load_faces(tr, spec, cfg.detector, progress=progress)
+        va_l = load_faces(va, spec, cfg.detector, progress=progress)
+        bad = bad + tr_l.problems + va_l.problems
+        problems += bad
+        out.append(SourceData(name, path, tr_l, va_l, bad))
+    raise_problems(problems, ", ".join(paths), cfg.skip_bad)
+    return out
+
+
+def draw_weights_for(sources: list[SourceData], cfg: TrainConfig, pose):
+    """Per-face draw weights of the joined training faces, or None (each face once an epoch):
+    each source's share of the draws follows `--data-weights`, and within it `--pose-balance`."""
+    import numpy as np
+
+    from facemtl.train.pipeline import pose_sampling_weights
+
+    sizes = [len(s.train) for s in sources]
+    w = None
+    if cfg.source_weights:
+        if len(cfg.source_weights) != len(sources):
+            raise RunError(f"--data-weights gives {len(cfg.source_weights)} weights for {len(sources)} --data sources")
+        if any(x < 0 for x in cfg.source_weights) or not any(x > 0 for x in cfg.source_weights):
+            raise RunError("--data-weights must be >= 0, and one at least > 0")
+        w = np.concatenate([np.full(n, x / max(n, 1)) for n, x in zip(sizes, cfg.source_weights)])
+    if cfg.pose_balance:
+        have = pose >= 0
+        pw = np.ones(len(pose))
+        if have.any():
+            pw[have] = pose_sampling_weights(pose[have], cfg.pose_balance)
+        w = pw if w is None else w * pw
+    return None if w is None else w / w.mean()
+
+
+def _build_for_multiworker(model, dataset) -> None:
+    """Build the model, its losses, metrics and optimizer from one local batch, and skip
+    Keras's own build at `fit`: Keras 3.15 (`TensorFlowTrainer._maybe_symbolic_build`) first
+    averages a batch across replicas with `strategy.reduce`, which MultiWorkerMirroredStrategy
+    cannot do on an (inputs, targets) structure ("Attempt to convert a value (PerReplica...)"),
+    although only the batch's shapes are needed."""
+    import tensorflow as tf
+
+    model._symbolic_build(data_batch=next(iter(dataset)))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+    # Keras 3.15 then averages each step's logs over the workers with
+    # `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar logs a step returns
+    # ("Invalid reduction dimension 0 for input with 0 dimensions"; tensorflow/tensorflow#72388).
+    # Each log as a one-element vector reduces over that axis to the same scalar.
+    def as_vectors(step):
+        def wrapped(data):
+            return {k: tf.reshape(v, [1]) for k, v in step(data).items()}
+
+        return wrapped
+
+    model.train_step = as_vectors(model.train_step)
+    model.test_step = as_vectors(model.test_step)
 
 
 def _best_so_far(history: Path, monitor: str) -> tuple[float, int]:
@@ -112,13 +227,13 @@ def _best_so_far(history: Path, monitor: str) -> tuple[float, int]:
 def train(cfg: TrainConfig) -> TrainResult:
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from facemtl.train import callbacks as cb
+    from facemtl.train.finetune import freeze, rebuild_with
     from facemtl.train.heads import MultiHead
     from facemtl.train.model import build_model, save_model
-    from facemtl.train.mtfl import load_images, load_split, split_train_val
-    from facemtl.train.pipeline import Augment, FaceSource, make_dataset, pose_sampling_weights
+    from facemtl.train.pipeline import Augment, FaceSource, make_dataset
+    from facemtl.train.sources import MISSING, concat, labelled_heads
 
     started = time.time()
     out = Path(cfg.out)
@@ -129,43 +244,60 @@ def train(cfg: TrainConfig) -> TrainResult:
         log.info("%s has no backup to resume from; starting a new run", out)
     out.mkdir(parents=True, exist_ok=True)
 
-    spec = run_spec(cfg)
+    spec, base = initial_spec(cfg)
     keras.utils.set_random_seed(cfg.seed)
 
-    ann = load_split(cfg.data, "training")
-    if cfg.limit:
-        ann = ann.subset(np.arange(min(cfg.limit, len(ann))))
-    tr_ann, va_ann = split_train_val(ann, cfg.val_fraction)
     progress = cfg.verbose > 0 and sys.stderr.isatty()
-    tr = load_images(tr_ann, skip_bad=cfg.skip_bad, progress=progress)
-    va = load_images(va_ann, skip_bad=cfg.skip_bad, progress=progress)
-    skipped = tr.skipped + va.skipped
-    if skipped:
-        log.warning("skipped %d unreadable image(s) (--skip-bad), e.g. %s", len(skipped), skipped[0])
+    sources = load_sources(cfg, spec, progress=progress)
+    tr = concat([s.train for s in sources])
+    va = concat([s.val for s in sources])
+    skipped = [p for s in sources for p in s.problems]
     if len(va) == 0:
-        raise RunError(f"no validation faces: {len(ann)} faces with --val-fraction {cfg.val_fraction}")
+        raise RunError(f"no validation faces: {sum(len(s.train) for s in sources)} faces with --val-fraction {cfg.val_fraction}")
+    trained = labelled_heads([tr.faces], spec)
+    # heads with validation labels: the others' Keras metrics are 0/0 (reported as 0), so
+    # they are left out of the table and of train.json
+    scored = labelled_heads([va.faces], spec)
+    if not trained:
+        raise RunError(f"no training face has a label for any head of the model ({', '.join(spec.head_names)})")
+    for h in spec.head_names:
+        if h not in trained:
+            log.warning("no training face labels head %r: it is not trained (frozen)", h)
 
     strategy = make_strategy(cfg.strategy)
     batch = cfg.batch_size
-    draw_weights = pose_sampling_weights(tr.annotations.labels["pose"], cfg.pose_balance) if cfg.pose_balance else None
-    train_ds = make_dataset(FaceSource(tr, spec, Augment(erase=cfg.erase) if cfg.augment else Augment.none(), cfg.seed),
-                            batch, shuffle=True, seed=cfg.seed, weights=draw_weights)
-    val_ds = make_dataset(FaceSource(va, spec, None), batch, shuffle=False, cache=True)
+    pose = tr.faces.labels.get("pose", np.full(len(tr), MISSING, np.int32))
+    draw_weights = draw_weights_for(sources, cfg, pose)
+    train_source = FaceSource(tr, spec, Augment(erase=cfg.erase) if cfg.augment else Augment.none(), cfg.seed)
+    val_source = FaceSource(va, spec, None)
+    masked = train_source.masked or val_source.masked
+    if masked:  # both yield weights, or Keras's metrics would differ between fit and validation
+        train_source.masked = val_source.masked = True
+    train_ds = make_dataset(train_source, batch, shuffle=True, seed=cfg.seed, weights=draw_weights)
+    val_ds = make_dataset(val_source, batch, shuffle=False, cache=True)
 
     steps = math.ceil(len(tr) / batch)
     with strategy.scope():
-        model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout, activation=cfg.activation,
-                            depth=cfg.depth, first_block=cfg.first_block, head_hidden=cfg.head_hidden,
-                            stem=cfg.stem, features=cfg.features, pool=cfg.pool)
+        if base is not None:
+            model = rebuild_with(base, spec)
+        else:
+            model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout, activation=cfg.activation,
+                                depth=cfg.depth, first_block=cfg.first_block, head_hidden=cfg.head_hidden,
+                                stem=cfg.stem, features=cfg.features, pool=cfg.pool)
+        frozen = freeze(model, spec, cfg.freeze, trained)
+        if frozen:
+            log.info("frozen: %d layers (%s)", len(frozen), ", ".join(frozen[:6]) + (", ..." if len(frozen) > 6 else ""))
         schedule = keras.optimizers.schedules.CosineDecay(
             cfg.learning_rate * 0.1, decay_steps=max(1, steps * cfg.epochs - steps), warmup_target=cfg.learning_rate,
             warmup_steps=steps, alpha=0.01)
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, use_ema=cfg.ema > 0,
                                            ema_momentum=cfg.ema or 0.99)
         heads = MultiHead.from_spec(spec, loss_name=cfg.landmark_loss, label_smoothing=cfg.label_smoothing,
-                                    hidden=cfg.head_hidden, smooth_to=cfg.smooth_to,
-                                    priors=class_priors(tr.annotations, spec, cfg.balance, draw_weights))
-        model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args())
+                                    hidden=model.head_hidden, smooth_to=cfg.smooth_to,
+                                    priors=class_priors(tr.faces, spec, cfg.balance, draw_weights))
+        model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args(masked=masked))
+        if cfg.strategy == "multiworker":
+            _build_for_multiworker(model, train_ds)
 
     best_value, best_epoch = _best_so_far(out / "history.csv", cfg.monitor)
     best_weights = out / "best.weights.h5"
@@ -174,10 +306,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         # after the backup (which keeps the live weights, the averages ride in the optimizer's
         # state) and before everything that validates or saves: those see the averaged weights
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []),
+        *([cb.SourceMetrics([(s.name, FaceSource(s.val, spec, None)) for s in sources if len(s.val)], spec)]
+          if len(sources) > 1 else []),
         cb.AtomicBestWeights(best_weights, monitor=cfg.monitor, initial_best=best_value),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
-        cb.HeadTable(spec.head_names, cfg.epochs),
+        cb.HeadTable([h for h in spec.head_names if h in scored], cfg.epochs),
     ]
     config_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     atomic_write_text(out / "config.json", json.dumps(config_json, indent=2) + "\n")
@@ -199,7 +333,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         for row in csv.DictReader(f):
             if int(row["epoch"]) == best_epoch:
                 val_metrics = {MultiHead.metric_key(k, spec.head_names): float(v) for k, v in row.items()
-                               if k.startswith("val_")}
+                               if k.startswith("val_") and v not in (None, "")}
+                val_metrics = {k: v for k, v in val_metrics.items()
+                               if not (k.count("/") == 2 and k.split("/")[1] not in scored)}
     seconds = time.time() - started
     summary = {
         "model": "model.keras",
@@ -211,6 +347,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         "val": val_metrics,
         "train_faces": len(tr),
         "val_faces": len(va),
+        "sources": [{"name": s.name, "path": s.path, "train_faces": len(s.train), "val_faces": len(s.val),
+                     "train_labels": s.train.faces.label_counts(), "skipped": len(s.problems)} for s in sources],
+        "frozen_layers": len(frozen),
         "skipped": skipped,
         "config": config_json,
     }

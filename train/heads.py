@@ -224,11 +224,20 @@ class MultiHead:
     def outputs(self, features) -> dict:
         return {name: head(features) for name, head in self.heads.items()}
 
-    def compile_args(self) -> dict:
+    def compile_args(self, masked: bool = False) -> dict:
+        """`compile` arguments. `masked`: the data carries a 0/1 weight per head and face (a
+        label missing for that face); each head's loss is then the mean over the faces that
+        have its label ("mean_with_sample_weight"), not diluted by the batch's unlabelled
+        ones, and its metrics count only those faces (Keras applies sample weights to
+        `weighted_metrics` alone)."""
+        losses = {n: h.loss() for n, h in self.heads.items()}
+        if masked:
+            for loss in losses.values():
+                loss.reduction = "mean_with_sample_weight"
         return {
-            "loss": {n: h.loss() for n, h in self.heads.items()},
+            "loss": losses,
             "loss_weights": dict(self.weights),
-            "metrics": {n: h.metrics() for n, h in self.heads.items()},
+            ("weighted_metrics" if masked else "metrics"): {n: h.metrics() for n, h in self.heads.items()},
         }
 
     @staticmethod

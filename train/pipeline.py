@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from facemtl.runtime.preprocess import Square, crop, face_square, normalize, to_crop
-from facemtl.runtime.spec import LANDMARK_FLIP, POSE_FLIP, ModelSpec
+from facemtl.runtime.spec import LANDMARK_FLIP, POSE_FLIP, REGRESSION, ModelSpec
 from facemtl.train.mtfl import ATTRIBUTES, Images
 
 ATTRIBUTE_NAMES = tuple(name for name, _ in ATTRIBUTES)
@@ -47,7 +47,12 @@ class Augment:
 
 
 def jitter_square(grey: np.ndarray, points: np.ndarray, spec: ModelSpec, aug: Augment, rng: np.random.Generator) -> Square:
-    sq = face_square(grey, points, spec.crop)
+    return jitter(face_square(grey, points, spec.crop), aug, rng)
+
+
+def jitter(sq: Square, aug: Augment, rng: np.random.Generator) -> Square:
+    """`sq` scaled, shifted and turned at random: the same jitter for a square built from
+    annotated landmarks and for one a detector framed (faces without landmarks)."""
     side = sq.side * float(np.exp(rng.uniform(-aug.scale, aug.scale))) if aug.scale else sq.side
     dx, dy = (rng.uniform(-aug.shift, aug.shift, 2) * sq.side) if aug.shift else (0.0, 0.0)
     angle = float(rng.uniform(-aug.rotate, aug.rotate)) if aug.rotate else 0.0
@@ -92,16 +97,19 @@ def erase(patch: np.ndarray, rng: np.random.Generator, area: tuple[float, float]
 
 
 def make_example(grey: np.ndarray, points: np.ndarray, attrs: np.ndarray, spec: ModelSpec,
-                 aug: Augment | None, rng: np.random.Generator | None):
-    """One face -> (normalised crop (S, S), landmark target (10,), attributes (4,)).
+                 aug: Augment | None, rng: np.random.Generator | None, square: Square | None = None,
+                 pose_index: int | None = ATTRIBUTE_NAMES.index("pose")):
+    """One face -> (normalised crop (S, S), landmark target (10,), class ids `attrs`).
 
-    With `aug=None` this is exactly the runtime's `prepare` for the canonical square.
+    `attrs` holds one class id per column (MTFL's four attributes by default; MISSING (-1)
+    for no label), `pose_index` the column a flip mirrors (None: no pose column). A face
+    without landmarks (NaN `points`) is cut from `square`, the detector's framing, jittered
+    like an annotated one; its landmark target is NaN. With `aug=None` this is exactly the
+    runtime's `prepare` for the face's square.
     """
     size = spec.input.size
-    if aug is None:
-        square = face_square(grey, points, spec.crop)
-    else:
-        square = jitter_square(grey, points, spec, aug, rng)
+    base = square if square is not None else face_square(grey, points, spec.crop)
+    square = base if aug is None else jitter(base, aug, rng)
     patch, m = crop(grey, square, size)
     target = to_crop(points, m)
     attrs = attrs.copy()
@@ -111,34 +119,87 @@ def make_example(grey: np.ndarray, points: np.ndarray, attrs: np.ndarray, spec: 
             patch = patch[:, ::-1]
             target = target[list(LANDMARK_FLIP)]
             target[:, 0] = 1.0 - target[:, 0]
-            attrs[ATTRIBUTE_NAMES.index("pose")] = POSE_FLIP[attrs[ATTRIBUTE_NAMES.index("pose")]]
+            if pose_index is not None and attrs[pose_index] >= 0:
+                attrs[pose_index] = POSE_FLIP[attrs[pose_index]]
     return normalize(patch, spec.input), target.reshape(-1).astype(np.float32), attrs
 
 
-class FaceSource:
-    """Decoded images and labels of one split, cut into model inputs by index batches."""
+# Stands in for the landmark target of a face without landmarks: its loss is weighted 0, and a
+# finite, non-degenerate shape keeps the NME's arithmetic (divided by the eye distance) finite.
+PLACEHOLDER_POINTS = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]], np.float32)
 
-    def __init__(self, data: Images, spec: ModelSpec, augment: Augment | None, seed: int = 0):
+
+class FaceSource:
+    """Decoded images and labels, cut into model inputs by index batches.
+
+    `data` is an MTFL split (`facemtl.train.mtfl.Images`, every face fully labelled) or faces
+    of any source (`facemtl.train.sources.LoadedFaces`), whose landmarks or labels may be
+    missing for some faces. Where anything is missing (`masked`), each batch also carries a
+    weight per head and face: 1 where the face has that head's target, 0 where not, so a
+    missing label adds nothing to the loss or the metrics of its head.
+    """
+
+    def __init__(self, data, spec: ModelSpec, augment: Augment | None, seed: int = 0):
+        from facemtl.train.sources import LoadedFaces, head_targets
+
         self.images = data.images
-        self.points = data.annotations.points
-        self.attrs = np.stack([data.annotations.labels[n] for n in ATTRIBUTE_NAMES], axis=1).astype(np.int32)
         self.spec = spec
         self.augment = augment
         self.seed = seed
+        if isinstance(data, LoadedFaces):
+            self.points = data.faces.points
+            self.squares = data.squares
+            self.attrs = head_targets(data.faces, spec)
+            class_heads = [h.name for h in spec.heads if h.kind != REGRESSION]
+            self.columns = {n: j for j, n in enumerate(class_heads)}
+        else:
+            self.points = data.annotations.points
+            self.squares = np.full((len(self.images), 4), np.nan)
+            self.attrs = np.stack([data.annotations.labels[n] for n in ATTRIBUTE_NAMES], axis=1).astype(np.int32)
+            self.columns = {n: j for j, n in enumerate(ATTRIBUTE_NAMES)}
+        self.pose_index = self.columns.get("pose")
+        self.has_points = ~np.isnan(self.points).any(axis=(1, 2))
+        self.weights = self._weights()
+        self.masked = bool((self.weights == 0).any())
+
+    def _weights(self) -> np.ndarray:
+        """(N, heads) 1/0: whether each face has each of the spec's heads' targets."""
+        w = np.ones((len(self.images), len(self.spec.heads)), np.float32)
+        for k, h in enumerate(self.spec.heads):
+            if h.kind == REGRESSION:
+                w[:, k] = self.has_points
+            elif h.name in self.columns:
+                w[:, k] = self.attrs[:, self.columns[h.name]] >= 0
+            else:
+                w[:, k] = 0.0
+        return w
 
     def __len__(self) -> int:
         return len(self.images)
 
     def batch(self, index: np.ndarray, draw: np.ndarray):
-        """numpy side of the pipeline: `draw` seeds each face's augmentation (deterministic)."""
+        """(crops, landmark targets, class ids) of faces `index`; see `weighted_batch`."""
+        return self.weighted_batch(index, draw)[:3]
+
+    def weighted_batch(self, index: np.ndarray, draw: np.ndarray):
+        """numpy side of the pipeline: `draw` seeds each face's augmentation (deterministic).
+        Returns crops, landmark targets, class ids and the (N, heads) 0/1 target weights."""
         n, s = len(index), self.spec.input.size
         x = np.empty((n, s, s, 1), np.float32)
         y = np.empty((n, 2 * len(self.spec.landmark_names)), np.float32)
-        a = np.empty((n, len(ATTRIBUTE_NAMES)), np.int32)
+        a = np.empty((n, self.attrs.shape[1]), np.int32)
         for j, (i, d) in enumerate(zip(index, draw)):
             rng = np.random.default_rng([self.seed, int(d)]) if self.augment is not None else None
-            x[j, :, :, 0], y[j], a[j] = make_example(self.images[i], self.points[i], self.attrs[i], self.spec, self.augment, rng)
-        return x, y, a
+            square = None if self.has_points[i] else Square(*self.squares[i])
+            x[j, :, :, 0], y[j], a[j] = make_example(self.images[i], self.points[i], self.attrs[i], self.spec,
+                                                     self.augment, rng, square=square, pose_index=self.pose_index)
+        if self.masked:
+            # masked targets must still be finite: a weight of 0 times NaN is NaN
+            missing = np.isnan(y).any(axis=1)
+            if missing.any():
+                y[missing] = PLACEHOLDER_POINTS.reshape(-1)[: y.shape[1]]
+            a = np.maximum(a, 0)
+        return x, y, a, self.weights[index]
 
 
 def pose_counts(pose: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -184,15 +245,34 @@ def make_dataset(source: FaceSource, batch_size: int, shuffle: bool, seed: int =
     draws = tf.data.Dataset.random(seed=seed).map(lambda v: v % (2**31))
     ds = tf.data.Dataset.zip(ds, draws).batch(batch_size)
 
+    columns = getattr(source, "columns", {n: j for j, n in enumerate(ATTRIBUTE_NAMES)})
+    masked = getattr(source, "masked", False)
+
+    heads = len(spec.heads)
+
+    def weighted(index, draw):  # a source without weights (tests' stand-ins): every target counts
+        return (*source.batch(index, draw), np.ones((len(index), heads), np.float32))
+
+    batch_fn = getattr(source, "weighted_batch", weighted)
+
     def load(index, draw):
-        x, y, a = tf.numpy_function(source.batch, [index, draw], [tf.float32, tf.float32, tf.int32], stateful=False)
+        x, y, a, w = tf.numpy_function(batch_fn, [index, draw], [tf.float32, tf.float32, tf.int32, tf.float32],
+                                       stateful=False)
         x.set_shape([None, size, size, 1])
         y.set_shape([None, npts])
-        a.set_shape([None, len(ATTRIBUTE_NAMES)])
+        a.set_shape([None, len(columns)])
+        w.set_shape([None, len(spec.heads)])
         targets = {}
         for h in spec.heads:
-            targets[h.name] = y if h.kind == "regression" else a[:, ATTRIBUTE_NAMES.index(h.name)]
-        return x, targets
+            # a head no face of this data labels (fine-tuning on another head's data) gets a
+            # dummy target of 0, weighted 0
+            targets[h.name] = y if h.kind == REGRESSION else (a[:, columns[h.name]] if h.name in columns
+                                                                  else tf.zeros_like(a[:, 0]))
+        if not masked:
+            # every face has every target: no weights, so a fully labelled run is bit for bit
+            # the run it was before partial labels existed
+            return x, targets
+        return x, targets, {h.name: w[:, k] for k, h in enumerate(spec.heads)}
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:

@@ -28,6 +28,8 @@ def write_plots(out: Path, spec: ModelSpec, report, data, outputs: dict, mats: n
     written = []
     ann = data.annotations
     for h in spec.heads:
+        if h.name not in report.heads:
+            continue  # not scored: no labels for it in this data (a head added by fine-tuning)
         if h.kind == REGRESSION:
             pts = np.stack([to_image(p, m) for p, m in zip(h.decode(outputs[h.name])["points"], mats)])
             nme = nme_per_face(pts, ann.points)
