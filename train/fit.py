@@ -350,6 +350,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "sources": [{"name": s.name, "path": s.path, "train_faces": len(s.train), "val_faces": len(s.val),
                      "train_labels": s.train.faces.label_counts(), "skipped": len(s.problems)} for s in sources],
         "frozen_layers": len(frozen),
+        "replicas": int(strategy.num_replicas_in_sync),
         "skipped": skipped,
         "config": config_json,
     }
