@@ -494,7 +494,9 @@ def run_measure(args) -> None:
                 Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         return
     for det in args.detectors.split(","):
-        tag = (det.replace(":", "_") if det.startswith("haar") else det.split(":")[0]).replace("+", "_").replace("=", "")
+        name, *flags = det.split("+")
+        name = name.replace(":", "_") if name.startswith("haar") else name.split(":")[0] + ("_path" if ":" in name else "")
+        tag = "_".join([name, *flags]).replace("=", "").replace("-", "")
         out = Path(args.out_dir) / f"predict_{tag}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
         timing = run_predict(frames_dir, args.model, det, out, args.limit, args.workers, args.flip_average)
