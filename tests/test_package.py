@@ -15,7 +15,7 @@ import pytest
 from import_blocker import run_blocked
 from runtime_models import ROOT
 
-SUBCOMMANDS = {"predict", "calibrate", "demo", "train", "evaluate", "convert", "bench"}
+SUBCOMMANDS = {"predict", "calibrate", "demo", "train", "evaluate", "convert", "bench", "data"}
 
 
 @pytest.fixture(scope="module")
