@@ -88,9 +88,10 @@ def register_train(sub) -> None:
     p.add_argument("--stem", type=int, default=d.stem, help="filters of the stem convolution (mtfl; default: --width)")
     p.add_argument("--features", type=int, default=d.features,
                    help="units of the shared feature layer every head reads (mtfl; default 256)")
-    p.add_argument("--pool", choices=("flatten", "gdc"), default=d.pool,
-                   help="the last 5x5 map -> the feature vector: flatten + a Dense layer (default), or gdc, a "
-                        "global depthwise convolution (about 1/20 of the parameters; mtfl)")
+    p.add_argument("--pool", choices=("flatten", "gdc", "bottleneck"), default=d.pool,
+                   help="the last 5x5 map -> the feature vector: flatten + a Dense layer (default); gdc, a "
+                        "global depthwise convolution (about 1/10 of the parameters); bottleneck, 16 channels "
+                        "kept before the flatten (mtfl)")
     p.add_argument("--head-hidden", type=int, default=d.head_hidden,
                    help="a hidden layer of N units (ReLU6) in each classification head (0: linear heads)")
     p.add_argument("--ema", type=float, default=d.ema,

@@ -73,7 +73,8 @@ def _separable(x, filters: int, stride: int, name: str, activation: str):
 _MTFL_BLOCKS = ((2, 1), (2, 2), (2, 1), (4, 2), (4, 1), (4, 1))
 
 
-POOLS = ("flatten", "gdc")
+POOLS = ("flatten", "gdc", "bottleneck")
+BOTTLENECK = 16  # channels of the last map kept by pool="bottleneck"
 
 
 def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", depth: int = 5, first_block: int = 2,
@@ -95,7 +96,9 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     Dense feature layer. "gdc": MobileFaceNet's global depthwise convolution: a 1x1
     convolution to `features` channels, then one 5x5 depthwise kernel per channel (a weight per
     position and channel, so where a feature is still counts) with no dense layer: about a
-    twentieth of the parameters of "flatten" (issue 20).
+    twentieth of the parameters of "flatten" (issue 20). "bottleneck": a 1x1 convolution
+    to 16 channels first, then flattened (5x5x16 = 400 values) and the Dense feature layer:
+    every position is kept, only the channels are compressed (a low-rank form of "flatten").
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -123,6 +126,10 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
         return x
+    if pool == "bottleneck":
+        x = layers.Conv2D(BOTTLENECK, 1, use_bias=False, name="bottleneck_pw")(x)
+        x = layers.BatchNormalization(name="bottleneck_bn")(x)
+        x = _act(x, activation, "bottleneck_relu")
     x = layers.Flatten(name="flatten")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
