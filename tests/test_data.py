@@ -237,3 +237,15 @@ def test_masked_faces_give_zero_landmark_gradient(tiny_mtfl, tmp_path):
     np.testing.assert_allclose(g_mixed, grad(labelled), rtol=1e-4, atol=1e-7)
     assert np.array_equal(grad(mixed[mixed % 2 == 1]), np.zeros_like(g_mixed))  # none has landmarks
     assert np.array_equal(grad(labelled, landmark_weight=0.0), np.zeros_like(g_mixed))
+
+
+def test_cli_train_lists_every_bad_line_before_training(tiny_mtfl, tmp_path):
+    m = write_lines(tmp_path / "bad.jsonl", [
+        {"image": "x.jpg", "labels": {"pose": "sideways"}},
+        {"image": "y.jpg", "landmarks": "five points"},
+    ])
+    r = subprocess.run([*FACEMTL, "train", "--data", str(tiny_mtfl), "--data", str(m), "--out", str(tmp_path / "run"),
+                        "--width", "8", "--epochs", "1"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert f"{m}:1: pose label 'sideways'" in r.stderr and f"{m}:2: \"landmarks\"" in r.stderr
+    assert "2 bad face(s)" in r.stderr and "Traceback" not in r.stderr

@@ -128,3 +128,34 @@ def test_add_head_with_frozen_trunk_keeps_every_other_head_and_converts(base_mod
         with FaceAnalyzer.create_from_model_path(conv / name, detector="none") as analyzer:
             hat = analyzer.analyze(image).faces[0].attributes["hat"]
         assert [c.category_name for c in hat.categories] == ["hat", "no_hat"]
+
+
+def test_two_sources_with_partial_labels_report_per_source_metrics(tiny_mtfl, tmp_path):
+    """An MTFL folder and a manifest without landmarks or gender on every other face, mixed in
+    batches, weighted 1:3: the run reports every head per source, and each head on the faces
+    that have its label."""
+    ann = load_split(tiny_mtfl, "training")
+    full = tmp_path / "m" / "faces.jsonl"
+    mtfl_to_manifest(ann, full)
+    records = [json.loads(line) for line in full.read_text().splitlines()]
+    for r in records[1::2]:
+        del r["landmarks"], r["labels"]["gender"]
+    full.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    spec_path = Path(str(train(tiny(tiny_mtfl, tmp_path / "base")).spec_path))
+    spec = ModelSpec.load(spec_path)
+    spec.replace(crop=dataclasses.replace(spec.crop, calibrations={"none": BoxCalibration(0.0, 0.02, 0.8, 1)})).save(
+        spec_path)
+    result = train(tiny(tiny_mtfl, tmp_path / "mixed", sources=(str(tiny_mtfl), str(full)), source_weights=(1.0, 3.0),
+                        init=str(spec_path.with_name("model.keras")), detector="none", epochs=2))
+    rows = list(__import__("csv").DictReader(open(tmp_path / "mixed" / "history.csv")))
+    assert len(rows) == 2
+    from facemtl.train.sources import source_names
+
+    assert source_names([str(tiny_mtfl), str(full)])[1] == "faces"
+    for source in source_names([str(tiny_mtfl), str(full)]):
+        for key in ("landmarks/nme", "gender/accuracy", "smile/accuracy", "pose/accuracy"):
+            assert np.isfinite(float(rows[-1][f"val_{source}/{key}"]))
+    summary = json.loads((tmp_path / "mixed" / "train.json").read_text())
+    faces = next(s for s in summary["sources"] if s["name"] == "faces")
+    assert faces["train_labels"]["landmarks"] < faces["train_labels"]["smile"] == faces["train_faces"]
+    assert "val/faces/landmarks/nme" in result.val_metrics

@@ -39,9 +39,12 @@ class AtomicBestWeights(keras.callbacks.Callback):
 class HeadTable(keras.callbacks.Callback):
     """One line per epoch with each head's validation metric (`landmarks/nme`, `pose/accuracy`)."""
 
-    def __init__(self, head_names, epochs: int):
+    def __init__(self, head_names, epochs: int, shown=None):
         super().__init__()
         self.head_names = tuple(head_names)
+        # heads whose metrics are printed (default all): a head without validation labels
+        # has none worth showing, but its name is still needed to parse Keras's keys
+        self.shown = set(self.head_names if shown is None else shown)
         self.epochs = epochs
         self._t0 = time.time()
         self._best = math.inf
@@ -55,7 +58,8 @@ class HeadTable(keras.callbacks.Callback):
                  f"loss {logs.get('loss', float('nan')):.4f}", f"val_loss {logs.get('val_loss', float('nan')):.4f}"]
         for k, v in logs.items():
             key = MultiHead.metric_key(k, self.head_names)
-            if key.startswith("val/") and not key.endswith("/loss") and key.count("/") == 2:
+            if (key.startswith("val/") and not key.endswith("/loss") and key.count("/") == 2
+                    and key.split("/")[1] in self.shown):
                 metric = key.split("/", 1)[1]
                 parts.append(f"{metric} {100 * v if metric.endswith('accuracy') else v:.2f}")
         by_source: dict[str, list[str]] = {}

@@ -311,7 +311,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         cb.AtomicBestWeights(best_weights, monitor=cfg.monitor, initial_best=best_value),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
-        cb.HeadTable([h for h in spec.head_names if h in scored], cfg.epochs),
+        cb.HeadTable(spec.head_names, cfg.epochs, shown=scored),
     ]
     config_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     atomic_write_text(out / "config.json", json.dumps(config_json, indent=2) + "\n")
