@@ -16,7 +16,7 @@ import pytest
 from facemtl.runtime.errors import DataError
 from facemtl.runtime.spec import BoxCalibration, default_spec
 from facemtl.train.mtfl import load_split, split_train_val
-from facemtl.train.sources import (MISSING, from_annotations, load_faces, mtfl_to_manifest, raise_problems,
+from facemtl.train.sources import (MISSING, load_faces, mtfl_to_manifest, raise_problems,
                                    read_class_folders, read_manifest, read_source, source_kind, validation_split)
 
 FACEMTL = [sys.executable, "-m", "facemtl.runtime.cli"]
@@ -249,3 +249,17 @@ def test_cli_train_lists_every_bad_line_before_training(tiny_mtfl, tmp_path):
     assert r.returncode == 2
     assert f"{m}:1: pose label 'sideways'" in r.stderr and f"{m}:2: \"landmarks\"" in r.stderr
     assert "2 bad face(s)" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_runs_from_scratch_borrow_the_packaged_calibrations_for_their_crop_policy():
+    from facemtl.runtime.analyzer import PACKAGED_MODELS
+    from facemtl.runtime.artifact import read_spec
+    from facemtl.train.fit import with_packaged_calibration
+
+    packaged = read_spec(PACKAGED_MODELS / "facemtl_int8.tflite").crop.calibrations
+    got = with_packaged_calibration(default_spec(), "yunet")
+    assert got.crop.calibrations["yunet"] == packaged["yunet"]
+    own = spec_with_none_calibration()  # a spec's own calibration is kept, others are added
+    assert with_packaged_calibration(own, "none").crop.calibrations == own.crop.calibrations
+    other = default_spec().replace(crop=dataclasses.replace(default_spec().crop, scale=4.5))
+    assert with_packaged_calibration(other, "yunet").crop.calibrations == {}  # another framing: not theirs

@@ -135,6 +135,7 @@ def register_train(sub) -> None:
 def _run_train(args) -> int:
     _quiet_tensorflow()
     from facemtl.train.config import TrainConfig
+    from facemtl.runtime.errors import FacemtlError
     from facemtl.train.fit import RunError, train
     from facemtl.train.mtfl import AnnotationError, DataError
 

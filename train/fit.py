@@ -138,20 +138,26 @@ class SourceData:
     problems: list
 
 
-def load_sources(cfg: TrainConfig, spec: ModelSpec, progress: bool = False) -> list[SourceData]:
+def load_sources(cfg: TrainConfig, spec: ModelSpec, progress: bool = False) -> tuple[list[SourceData], ModelSpec]:
     """Read, split and load every `--data` source; every bad face of every source is listed
-    in one DataError, or, with `--skip-bad`, dropped and counted."""
+    in one DataError, or, with `--skip-bad`, dropped and counted. Returns the sources and the
+    spec (given detector calibrations where faces without landmarks need them)."""
     import numpy as np
 
     from facemtl.train.sources import load_faces, raise_problems, read_source, source_names, validation_split
 
     paths = [str(p) for p in (cfg.sources or (cfg.data,))]
-    out, problems = [], []
+    read = []
     for name, path in zip(source_names(paths), paths):
         faces, bad = read_source(path, spec, "training")
         faces.name = name
         if cfg.limit:
             faces = faces.subset(np.arange(min(cfg.limit, len(faces))))
+        read.append((name, path, faces, bad))
+    if any((~f.has_points).any() for _, _, f, _ in read):
+        spec = with_packaged_calibration(spec, cfg.detector)
+    out, problems = [], []
+    for name, path, faces, bad in read:
         tr, va = validation_split(faces, cfg.val_fraction)
         tr_l = load_faces(tr, spec, cfg.detector, progress=progress)
         va_l = load_faces(va, spec, cfg.detector, progress=progress)
@@ -159,7 +165,30 @@ def load_sources(cfg: TrainConfig, spec: ModelSpec, progress: bool = False) -> l
         problems += bad
         out.append(SourceData(name, path, tr_l, va_l, bad))
     raise_problems(problems, ", ".join(paths), cfg.skip_bad)
-    return out
+    return out, spec
+
+
+def with_packaged_calibration(spec: ModelSpec, detector: str) -> ModelSpec:
+    """`spec`, given the packaged model's detector calibrations where it has none for
+    `detector` and frames faces as the packaged model does (same crop scale, shift and mode).
+
+    A calibration maps a detector's boxes to the crop policy's square; it depends on the
+    detector and the policy, not on the network, so a run from scratch frames its faces
+    without landmarks exactly as the packaged model's runtime would. `facemtl train`
+    re-measures them after training where it has an MTFL source."""
+    from facemtl.runtime.analyzer import PACKAGED_MODELS
+    from facemtl.runtime.artifact import read_spec
+
+    if detector.partition(":")[0].strip().lower() in spec.crop.calibrations:
+        return spec
+    packaged = read_spec(PACKAGED_MODELS / "facemtl_int8.tflite")
+    same = (packaged.crop.scale, packaged.crop.shift_y, packaged.crop.mode) == (spec.crop.scale, spec.crop.shift_y,
+                                                                               spec.crop.mode)
+    if not same:
+        return spec  # load_faces then names the missing calibration
+    log.info("faces without landmarks: using the packaged model's detector calibrations (same crop policy)")
+    return spec.replace(crop=dataclasses.replace(
+        spec.crop, calibrations={**packaged.crop.calibrations, **spec.crop.calibrations}))
 
 
 def draw_weights_for(sources: list[SourceData], cfg: TrainConfig, pose):
@@ -248,7 +277,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     keras.utils.set_random_seed(cfg.seed)
 
     progress = cfg.verbose > 0 and sys.stderr.isatty()
-    sources = load_sources(cfg, spec, progress=progress)
+    sources, spec = load_sources(cfg, spec, progress=progress)
     tr = concat([s.train for s in sources])
     va = concat([s.val for s in sources])
     skipped = [p for s in sources for p in s.problems]

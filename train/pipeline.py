@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from facemtl.runtime.preprocess import Square, crop, face_square, normalize, to_crop
 from facemtl.runtime.spec import LANDMARK_FLIP, POSE_FLIP, REGRESSION, ModelSpec
-from facemtl.train.mtfl import ATTRIBUTES, Images
+from facemtl.train.mtfl import ATTRIBUTES
 
 ATTRIBUTE_NAMES = tuple(name for name, _ in ATTRIBUTES)
 

@@ -364,7 +364,7 @@ def load_faces(faces: Faces, spec: ModelSpec, detector: str = "yunet", workers: 
     if (~faces.has_points).any() and spec.crop.mode == "landmarks":
         try:
             spec.crop.calibration(detector.partition(":")[0].strip().lower())
-        except SpecError as e:
+        except SpecError:
             raise DataError(f"{faces.source}: faces without landmarks are framed by the {detector} detector through "
                             f"the spec's calibration, which it lacks: calibrate the spec (`facemtl calibrate`), start from a calibrated "
                             "model (`facemtl train --init`), or give the faces landmarks") from None
