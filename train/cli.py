@@ -58,9 +58,11 @@ def register_train(sub) -> None:
     from facemtl.train.config import SMOOTH_TO, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
-    p = sub.add_parser("train", help="train the multi-task model on MTFL",
-                       description="Train all heads jointly on MTFL training.txt (a deterministic part held out for validation); "
-                                   "exports the best validation epoch as RUN_DIR/model.keras with spec.json beside it.")
+    p = sub.add_parser("train", help="train the multi-task model on MTFL or your own data",
+                       description="Train all heads jointly on MTFL training.txt or any --data sources (manifests, folders "
+                                   "per class; docs/data.md), a deterministic part of each held out for validation; a "
+                                   "head a face has no label for adds no loss for that face. Exports the best validation "
+                                   "epoch as RUN_DIR/model.keras with spec.json beside it.")
     p.add_argument("--data", action="append", default=None,
                    help="a data source: an MTFL folder, a JSON-lines manifest or a folder per class (docs/data.md); "
                         "repeat for several (default: $FACEMTL_DATA or ../shared/data/mtfl)")
@@ -183,7 +185,7 @@ def _calibrate_after_training(spec_path: Path, data: Path, detectors: str) -> No
 
 
 def register_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="per-head metrics of a model on an MTFL split",
+    p = sub.add_parser("evaluate", help="per-head metrics of a model on an MTFL split or any data source",
                        description="Landmarks: NME (mean, per landmark), failure rate, AUC of the cumulative error curve to 10%%; "
                                    "attributes: accuracy, balanced accuracy, confusion matrix.")
     p.add_argument("model", type=Path, help="model.keras (spec.json beside it is used if present)")
