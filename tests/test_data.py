@@ -263,3 +263,20 @@ def test_runs_from_scratch_borrow_the_packaged_calibrations_for_their_crop_polic
     assert with_packaged_calibration(own, "none").crop.calibrations == own.crop.calibrations
     other = default_spec().replace(crop=dataclasses.replace(default_spec().crop, scale=4.5))
     assert with_packaged_calibration(other, "yunet").crop.calibrations == {}  # another framing: not theirs
+
+
+def test_source_weights_set_each_sources_share_of_the_draws():
+    from types import SimpleNamespace
+
+    from facemtl.train.config import TrainConfig
+    from facemtl.train.fit import RunError, draw_weights_for
+
+    sources = [SimpleNamespace(train=range(100)), SimpleNamespace(train=range(300))]
+    pose = np.full(400, MISSING, np.int32)
+    cfg = TrainConfig(data=Path("."), out=Path("."))
+    assert draw_weights_for(sources, cfg, pose) is None  # no weights: every face once an epoch
+    w = draw_weights_for(sources, dataclasses.replace(cfg, source_weights=(3.0, 1.0)), pose)
+    assert w.shape == (400,) and np.isclose(w.mean(), 1.0)
+    assert np.isclose(w[:100].sum() / w.sum(), 0.75)  # 3:1, whatever the sources' sizes
+    with pytest.raises(RunError, match="2 weights for 3 --data sources"):
+        draw_weights_for(sources + sources[:1], dataclasses.replace(cfg, source_weights=(1.0, 1.0)), pose)
