@@ -38,13 +38,27 @@ __all__ = ["Backend", "TFLiteBackend", "ONNXBackend", "ModelFileError", "load_ba
 
 
 class Backend:
-    """A model file in its interpreter. Subclasses implement `_run_chunk`."""
+    """A model file in its interpreter. Subclasses implement `_load` and `_run_chunk`."""
+
+    _interpreter = "the interpreter"  # what loads the file, for error messages
 
     def __init__(self, path: Path, spec: ModelSpec, format: str, threads: int):
         self.path = path
         self.spec = spec
         self.format = format
         self.threads = threads
+
+    def _open(self, path: Path, threads: int, data: bytes | None) -> None:
+        """`_load`, with whatever the interpreter raises turned into one ModelFileError line."""
+        try:
+            self._load(path, threads, data)
+        except ModelFileError:
+            raise
+        except _INTERPRETER_ERRORS as e:
+            raise ModelFileError(f"{path}: {self._interpreter} cannot load it ({_one_line(e)})") from None
+
+    def _load(self, path: Path, threads: int, data: bytes | None) -> None:
+        raise NotImplementedError
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """(N, S, S, C) normalised float32 crops -> {head name: (N, units) float32 raw outputs}.
@@ -158,13 +172,10 @@ def _check_finite(path: Path, out: dict[str, np.ndarray]) -> None:
 
 
 class TFLiteBackend(Backend):
+    _interpreter = "the TFLite interpreter"
+
     def __init__(self, path: Path, threads: int = 1, data: bytes | None = None):
-        try:
-            self._load(path, threads, data)
-        except ModelFileError:
-            raise
-        except _INTERPRETER_ERRORS as e:
-            raise ModelFileError(f"{path}: the TFLite interpreter cannot load it ({_one_line(e)})") from None
+        self._open(path, threads, data)
 
     def _load(self, path: Path, threads: int, data: bytes | None) -> None:
         tfl = TFLiteFile.read(path) if data is None else TFLiteFile(data, path)
@@ -308,13 +319,10 @@ class TFLiteBackend(Backend):
 # --- ONNX -------------------------------------------------------------------------------------
 
 class ONNXBackend(Backend):
+    _interpreter = "onnxruntime"
+
     def __init__(self, path: Path, threads: int = 1, data: bytes | None = None):
-        try:
-            self._load(path, threads, data)
-        except ModelFileError:
-            raise
-        except _INTERPRETER_ERRORS as e:
-            raise ModelFileError(f"{path}: onnxruntime cannot load it ({_one_line(e)})") from None
+        self._open(path, threads, data)
 
     def _load(self, path: Path, threads: int, data: bytes | None) -> None:
         self._sess = onnx_session(path, threads, data=data)
