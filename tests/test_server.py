@@ -51,6 +51,15 @@ class Producer:
         self.thread.join()
 
 
+def _open_stream(port: int):
+    """A client reading the MJPEG stream: (connection, response), the response checked 200."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/stream.mjpg")
+    r = c.getresponse()
+    assert r.status == 200
+    return c, r
+
+
 def _request(port: int, method: str = "GET", path: str = "/state.json", headers: dict | None = None,
              host: str = "127.0.0.1"):
     c = http.client.HTTPConnection(host, port, timeout=5)
@@ -169,10 +178,7 @@ def test_extra_stream_clients_get_503(server):
         with Producer(s):
             streams = []
             for _ in range(2):
-                c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
-                c.request("GET", "/stream.mjpg")
-                r = c.getresponse()
-                assert r.status == 200
+                c, r = _open_stream(s.port)
                 r.read(100)
                 streams.append(c)
             status, headers, _ = _request(s.port, path="/stream.mjpg")
@@ -271,11 +277,7 @@ def test_under_half_open_connections_and_many_streams_the_server_still_serves():
                 h.sendall(b"GET /state.json HTTP/1.1\r\n")
             readers = []
             for _ in range(8):
-                c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
-                c.request("GET", "/stream.mjpg")
-                r = c.getresponse()
-                assert r.status == 200
-                readers.append((c, r))
+                readers.append(_open_stream(s.port))
             sent = s.sent
             for c, r in readers:
                 r.read(20000)
