@@ -75,6 +75,9 @@ class FaceAnalyzerOptions:
         480 in VIDEO mode; Haar 288, haar:video 240; none: full size), None always detects at
         full size. At 320, faces under about 40 pixels between the eyes in a 640x480 frame
         start to be missed: give None for photographs of groups or distant faces.
+    detection_retry_full: where nothing is found on the downscaled copy, detect again at full
+        size (only images without a found face pay for it). None (the default): the running
+        mode's setting (`RETRY_FULL`).
     min_detection_score: drop detections scoring below this (0..1).
     max_faces: analyse at most this many faces per frame, best scores first (None: all).
     num_threads: interpreter threads.
@@ -84,6 +87,15 @@ class FaceAnalyzerOptions:
         answers (`facemtl.runtime.mirror`): twice the model time for a lower landmark error.
         None (the default): on in IMAGE mode, off in VIDEO mode (where the model time is most
         of a tracked frame's cost).
+    refine: run the refinement stage after the last pass (`facemtl.runtime.refine`): a second,
+        small model looks at a patch of the frame around each landmark, at the frame's own
+        resolution, and moves the point; in both running modes. None (the default): on where
+        the model has a refinement stage to pair with (the packaged model has one; see
+        `facemtl.runtime.refine.DEFAULT_ON`), off otherwise. True: on, and an error if there is
+        none. False: off.
+    refine_model_path: the refinement file (written by `python -m facemtl.train.refine
+        convert`) to run with `model_path`'s model; None: the packaged one, for the packaged
+        model. A file trained after another first model is refused.
     passes: IMAGE mode: model runs per face. Pass 1 crops the detector's square; each further
         pass crops again from the previous pass's landmarks (re-centred, turned upright by
         their roll, the detector's size kept), which frames the face as training did more
@@ -96,12 +108,15 @@ class FaceAnalyzerOptions:
     detector: str | Detector = "yunet"
     running_mode: RunningMode = RunningMode.IMAGE
     detection_max_side: int | None | str = "auto"
+    detection_retry_full: bool | None = None
     min_detection_score: float = 0.0
     max_faces: int | None = None
     num_threads: int = 1
     tracking: "TrackingOptions | None" = None  # noqa: F821 (facemtl.runtime.live.tracking, imported in VIDEO mode)
     flip_average: bool | None = None
     passes: int = 2
+    refine: bool | None = None
+    refine_model_path: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -122,6 +137,10 @@ class FaceAnalyzerOptions:
             raise ValueError(f"passes must be 1, 2 or 3, got {self.passes}")
         if self.flip_average is None:
             object.__setattr__(self, "flip_average", self.running_mode == RunningMode.IMAGE)
+        if self.refine is False and self.refine_model_path is not None:
+            raise ValueError("refine_model_path given with refine=False; leave refine as None or True to use it")
+        if self.detection_retry_full is None:
+            object.__setattr__(self, "detection_retry_full", RETRY_FULL[self.running_mode])
 
 
 def _interpreter_installed(suffix: str) -> bool:
@@ -195,13 +214,14 @@ class FaceAnalyzer:
     """
 
     def __init__(self, backend, detector: Detector, options: FaceAnalyzerOptions | None = None,
-                 spec: ModelSpec | None = None):
-        # internal: the factories build the backend and detector from the options
+                 spec: ModelSpec | None = None, refiner=None):
+        # internal: the factories build the backend, detector and refiner from the options
         self._options = options or FaceAnalyzerOptions()
         self._backend = backend
         self._detector = detector
         self._spec: ModelSpec = spec or backend.spec
-        self._core = InferenceCore(backend.run, self._spec, flip_average=self._options.flip_average)
+        self._refiner = refiner
+        self._core = InferenceCore(backend.run, self._spec, flip_average=self._options.flip_average, refiner=refiner)
         self._last_ts: float | None = None
         self._tracker = None  # VIDEO mode: facemtl.runtime.live.tracking.FaceTracker, made on the first frame
         self._closed = False
@@ -216,13 +236,19 @@ class FaceAnalyzer:
         detector = create_detector(_detector_for_mode(options.detector, options.running_mode),
                                    max_side=_detection_size(options.detector, options.detection_max_side,
                                                             options.running_mode))
+        if isinstance(options.detector, str):  # a Detector passed in keeps its own setting
+            detector.retry_full = options.detection_retry_full
         backend = load_model(options.model_path, threads=options.num_threads, buffer=options.model_buffer)
+        refiner = None
         try:
             spec = backend.spec if options.model_buffer is not None else _spec_beside(Path(backend.path), backend.spec)
-            return cls(backend, detector, options, spec)
+            refiner = _load_refiner(options, backend, spec)
+            return cls(backend, detector, options, spec, refiner)
         except Exception:
             backend.close()
             detector.close()
+            if refiner is not None:
+                refiner.close()
             raise
 
     @classmethod
@@ -242,6 +268,11 @@ class FaceAnalyzer:
     def spec(self) -> ModelSpec:
         """The model's contract: input, crop policy, heads and their labels, landmark names."""
         return self._spec
+
+    @property
+    def refine_model_path(self) -> Path | None:
+        """The refinement file in use, None when the refinement stage is off."""
+        return None if self._refiner is None else self._refiner.path
 
     @property
     def landmark_names(self) -> tuple[str, ...]:
@@ -325,8 +356,10 @@ class FaceAnalyzer:
                 squares = [landmark_square(p, policy, anchor=a) for p, a in zip(out.points, anchors)]
                 out = self._core(frame, squares)
                 crop_ms, infer_ms = crop_ms + out.crop_ms, infer_ms + out.infer_ms
+        points, refine_crop_ms, refine_ms = self._core.refine(frame, out.points)
+        crop_ms, infer_ms = crop_ms + refine_crop_ms, infer_ms + refine_ms
         names = self.landmark_names
-        faces = [Face(box=tuple(float(v) for v in d.box), score=float(d.score), square=sq, landmarks=out.points[i],
+        faces = [Face(box=tuple(float(v) for v in d.box), score=float(d.score), square=sq, landmarks=points[i],
                       landmark_names=names,
                       attributes={h: Classification.of(self._spec.head(h), p[i]) for h, p in out.probabilities.items()})
                  for i, (d, sq) in enumerate(zip(detections, squares))]
@@ -340,6 +373,8 @@ class FaceAnalyzer:
         close = getattr(self._backend, "close", None)
         if close:
             close()
+        if self._refiner is not None:
+            self._refiner.close()
         self._detector.close()
 
     def __enter__(self) -> "FaceAnalyzer":
@@ -351,6 +386,39 @@ class FaceAnalyzer:
     def __repr__(self) -> str:
         return (f"FaceAnalyzer(model={str(getattr(self._backend, 'path', '?'))!r}, detector={self._detector!r}, "
                 f"running_mode={self._options.running_mode.value})")
+
+
+def _load_refiner(options: FaceAnalyzerOptions, backend, spec: ModelSpec):
+    """The refinement stage the options ask for, paired with `backend`'s model, or None.
+
+    refine=None: the packaged refinement file for the packaged model (when `DEFAULT_ON`), or
+    `refine_model_path`'s; silently none for another model without one. refine=True: one is
+    required. A refinement file trained after another first model is an error when asked for
+    by name or by refine=True."""
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.refine import DEFAULT_ON, Refiner, packaged_refine_path
+
+    if options.refine is False or (options.refine is None and not DEFAULT_ON and options.refine_model_path is None):
+        return None
+    path = options.refine_model_path
+    packaged = options.model_path is None and options.model_buffer is None
+    if path is None and packaged:
+        path = packaged_refine_path(PACKAGED_MODELS, getattr(backend, "path", None))
+    if path is None:
+        if options.refine:
+            where = ("this facemtl install has no packaged refinement file" if packaged
+                     else "give refine_model_path (--refine-model) for a model other than the packaged one")
+            raise SpecError(f"refine=True but there is no refinement stage: {where}")
+        return None
+    try:
+        rb = load_backend(path, threads=options.num_threads)
+    except ImportError as e:
+        raise SpecError(f"{path}: {e}") from None
+    try:
+        return Refiner(rb, first_spec=spec)
+    except SpecError:
+        rb.close()
+        raise
 
 
 def _detector_for_mode(detector, mode: RunningMode):
@@ -365,6 +433,9 @@ def _detector_for_mode(detector, mode: RunningMode):
 # IMAGE: chosen on training frames with passes and flip averaging (docs/experiments.md, run 41);
 # VIDEO: 320 lost small faces, which 480 keeps (run 39).
 YUNET_SIZE = {RunningMode.IMAGE: 320, RunningMode.VIDEO: 480}
+# Detect again at full size where nothing was found on the downscaled copy (run 51). Never in
+# VIDEO mode: a scene without faces would pay a full-size detection at every detection frame.
+RETRY_FULL = {RunningMode.IMAGE: False, RunningMode.VIDEO: False}
 
 
 def _detection_size(detector, max_side, mode: RunningMode):

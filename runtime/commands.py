@@ -49,9 +49,17 @@ def register_predict(sub) -> None:
     p.add_argument("--min-score", type=float, default=0.0, metavar="S", help="drop detections scoring below S (0..1)")
     p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
                    help=FLIP_AVERAGE_HELP + " (default: on; --no-flip-average halves the model time)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="the refinement stage: a second small model moves each landmark from a patch of the image "
+                        "around it (default: on where the model has one, as the packaged model does)")
+    p.add_argument("--refine-model", default=None, metavar="FILE",
+                   help="the refinement file to run with --model's model (python -m facemtl.train.refine convert)")
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="detect on a copy whose longer side is at most PX pixels; 0 = full size "
                         "(default: YuNet 320, Haar 288; 0 finds smaller faces in big photographs, at more cost)")
+    p.add_argument("--detect-retry", action=argparse.BooleanOptionalAction, default=None,
+                   help="where nothing is found on the downscaled copy, detect again at full size "
+                        "(default: on for YuNet's 320)")
     p.add_argument("--max-pixels", type=_max_pixels, default=None, metavar="N",
                    help="refuse an image of more than N pixels, read from its header before decoding "
                         "(an error line; default 50000000, every phone photo; 0 = no limit, for trusted input)")
@@ -108,8 +116,9 @@ def _analyzer_from_args(args):
     try:
         options = FaceAnalyzerOptions(
             model_path=args.model, detector=args.detector, detection_max_side=max_side,
-            min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
+            detection_retry_full=args.detect_retry, min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
             flip_average=args.flip_average, passes=args.passes,
+            refine=getattr(args, "refine", None), refine_model_path=getattr(args, "refine_model", None),
         )
         return FaceAnalyzer.create_from_options(options)
     except (DetectorError, SpecError, ModelFileError, ValueError) as e:

@@ -2,13 +2,15 @@
 
     core = InferenceCore(backend.run, spec, flip_average=False)
     out = core(frame, squares)      # out.points (N, K, 2) image pixels, out.probabilities[head] (N, C)
+    points, crop_ms, infer_ms = core.refine(frame, out.points)   # the refinement stage, if any
 
 For each square: cut it from the frame (`preprocess.crop_region`: the training crop, with
 only the square's region turned grey), normalise it as training did, run all squares through
 the model in one batch (each also mirrored, and the answers averaged, with flip averaging),
 decode every head (`HeadSpec.decode`), and map the landmarks from crop units to image pixels.
 IMAGE mode (`FaceAnalyzer.analyze`) and VIDEO mode (`FaceTracker`) both call it, so the two
-cannot drift apart. numpy and OpenCV only.
+cannot drift apart; both call `refine` on the landmarks of their last pass, which runs the
+refinement stage (`facemtl.runtime.refine`) where the core has one. numpy and OpenCV only.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ class CoreOutput:
 class InferenceCore:
     """Crop, run (with or without flip averaging), decode, map to image pixels."""
 
-    def __init__(self, run: Run, spec: ModelSpec, flip_average: bool = False):
+    def __init__(self, run: Run, spec: ModelSpec, flip_average: bool = False, refiner=None):
         self.spec = spec
         self.flip_average = flip_average
+        self.refiner = refiner  # facemtl.runtime.refine.Refiner, or None
         # flip_averaged checks now that every head can mirror: a bad spec fails at creation
         self._run = flip_averaged(run, spec) if flip_average else run
         self._landmarks = next((h for h in spec.heads if h.kind == REGRESSION), None)
@@ -80,6 +83,13 @@ class InferenceCore:
         crops = batch.reshape(n, -1)   # zero-mean already (`normalize`)
         crops /= np.maximum(np.linalg.norm(crops, axis=1, keepdims=True), 1e-9)
         return CoreOutput(points, probabilities, crops, 1000 * (t1 - t0), 1000 * (t2 - t1))
+
+    def refine(self, frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """(N, K, 2) landmarks moved by the refinement stage (unchanged without one), and its
+        crop and model times in ms. Called once per frame on the last pass's landmarks."""
+        if self.refiner is None or len(points) == 0 or points.shape[1] == 0:
+            return points, 0.0, 0.0
+        return self.refiner(frame, points)
 
 
 def crop_angle(points: np.ndarray, free: float) -> float:

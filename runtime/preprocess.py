@@ -190,3 +190,43 @@ def prepare(grey: np.ndarray, squares: list[Square], spec: InputSpec) -> tuple[n
         patch, mats[i] = crop(grey, sq, spec.size)
         batch[i, :, :, 0] = normalize(patch, spec)
     return batch, mats
+
+
+# --- Patches around landmarks (the refinement stage) -------------------------------------------
+
+def point_squares(points: np.ndarray, policy: CropPolicy, patch: float) -> list[Square]:
+    """One square per landmark, centred on it: side `patch` x the side of the face square of
+    these points under `policy` (`canonical_square`), turned by the roll of their eye line, so
+    every patch of a face has the same size and upright orientation whatever the face's roll."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    angle = eye_angle(p)
+    side = patch * canonical_square(p, policy).side
+    return [Square(float(x), float(y), side, angle) for x, y in p]
+
+
+def point_patches(image: np.ndarray, points: np.ndarray, policy: CropPolicy, patch: float,
+                  spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The refinement stage's input for one face: a (size, size, K) float32 array, channel k
+    the patch around landmark k cut by `crop_region` (the training crop's code, from a grey,
+    BGR or BGRA frame) and standardised on its own (`normalize`); and the (K, 2, 3) crop
+    matrices of the patches (image pixels -> patch units). Training (`facemtl.train.refine`)
+    and the runtime (`facemtl.runtime.refine`) both call this."""
+    squares = point_squares(points, policy, patch)
+    k = len(squares)
+    raw = np.empty((k, spec.size, spec.size), np.float32)
+    mats = np.empty((k, 2, 3))
+    for i, sq in enumerate(squares):
+        raw[i], mats[i] = crop_region(image, sq, spec.size)
+    return np.ascontiguousarray(normalize(raw, spec).transpose(1, 2, 0)), mats
+
+
+def patch_targets(truth: np.ndarray, mats: np.ndarray) -> np.ndarray:
+    """Where each true point lies in its own patch: (K, 2), patch units with 0 at the centre."""
+    t = np.asarray(truth, dtype=np.float64).reshape(-1, 2)
+    return np.einsum("kij,kj->ki", mats[:, :, :2], t) + mats[:, :, 2] - 0.5
+
+
+def from_patches(offsets: np.ndarray, mats: np.ndarray) -> np.ndarray:
+    """`patch_targets`' inverse: (K, 2) offsets in patch units -> (K, 2) image pixels."""
+    u = np.asarray(offsets, dtype=np.float64).reshape(-1, 2) + 0.5 - mats[:, :, 2]
+    return np.einsum("kij,kj->ki", np.linalg.inv(mats[:, :, :2]), u)

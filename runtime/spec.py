@@ -32,6 +32,8 @@ CLASSIFICATION = "classification"
 # otherwise fail far from here (a 10^9-pixel crop, a 10^9-unit output).
 MAX_INPUT_SIZE = 1024
 MAX_UNITS = 4096
+# A refinement stage takes one grey patch per landmark as channels.
+MAX_CHANNELS = 64
 
 
 def _number(field: str, value: Any, *, positive: bool = False, minimum: float | None = None,
@@ -71,8 +73,8 @@ class InputSpec:
             raise SpecError(f"input size {self.size} is too small; use at least 8 pixels")
         _number("input.channels", self.channels, integer=True)
         _number("input.min_std", self.min_std, positive=True)
-        if self.channels != 1:
-            raise SpecError(f"only grey input (channels=1) is supported, got {self.channels}")
+        if not 1 <= self.channels <= MAX_CHANNELS:
+            raise SpecError(f"input.channels must be 1..{MAX_CHANNELS}, got {self.channels}")
         if self.normalization != "standardize":
             raise SpecError(f"unknown normalization {self.normalization!r}; use 'standardize'")
 
@@ -233,6 +235,44 @@ class QuantParams:
 
 
 @dataclass(frozen=True)
+class RefineSpec:
+    """What makes a model a refinement stage (Sun et al., CVPR 2013): it looks at one grey
+    patch per landmark, each cut from the frame around the landmark the first stage gave, and
+    answers a correction of each point.
+
+    `first`: the first stage it was trained after: `contract_id` of that model's spec (its
+    input, crop policy, heads and trunk), which the runtime checks before it runs the two
+    together; `first_name` says which model that was, for people. `patch`: the side of each
+    patch as a fraction of the face square of the first stage's landmarks (`CropPolicy` of
+    this spec); every patch is turned by the roll of the eye line. The model's input has one
+    channel per landmark (`InputSpec.size` pixels square, each patch standardised on its own);
+    its regression head answers, per point, where the point is in its own patch: (x, y) in
+    patch units with 0 at the patch centre (the first stage's answer).
+    """
+
+    first: str
+    patch: float = 0.3
+    first_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.first, str) or not self.first:
+            raise SpecError(f"refine.first must name the first stage's contract, got {self.first!r}")
+        _number("refine.patch", self.patch, positive=True, maximum=4.0)
+
+
+def contract_id(spec: "ModelSpec") -> str:
+    """A short digest of what a model's answers mean and how it frames a face: input, crop
+    scale/shift/mode, heads, landmark names and trunk (not the detector calibrations or the
+    file format, which change nothing the model computes)."""
+    import hashlib
+
+    d = {"input": dataclasses.asdict(spec.input), "crop": [spec.crop.scale, spec.crop.shift_y, spec.crop.mode],
+         "heads": [dataclasses.asdict(h) for h in spec.heads], "landmark_names": list(spec.landmark_names),
+         "trunk": spec.trunk}
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     input: InputSpec = field(default_factory=InputSpec)
     crop: CropPolicy = field(default_factory=CropPolicy)
@@ -242,9 +282,18 @@ class ModelSpec:
     # Filled in by convert/ for integer files: "input" and one entry per head name.
     quantization: Mapping[str, QuantParams] = field(default_factory=dict)
     version: int = SPEC_VERSION
+    # Set for a refinement stage (a second model run after this kind of model); None otherwise.
+    refine: RefineSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
+        if self.refine is not None and not isinstance(self.refine, RefineSpec):
+            raise SpecError("refine must be a refine spec or None")
+        if self.refine is None and self.input.channels != 1:
+            raise SpecError(f"only grey input (channels=1) is supported, got {self.input.channels}")
+        if self.refine is not None and self.input.channels != len(self.landmark_names):
+            raise SpecError(f"a refinement stage takes one patch per landmark: input.channels must be "
+                            f"{len(self.landmark_names)}, got {self.input.channels}")
         object.__setattr__(self, "landmark_names", tuple(self.landmark_names))
         if not all(isinstance(h, HeadSpec) for h in self.heads):
             raise SpecError("heads must be head specs")
@@ -319,6 +368,7 @@ class ModelSpec:
                 trunk=d.get("trunk", ""),
                 quantization=quant,
                 version=version,
+                refine=RefineSpec(**d["refine"]) if d.get("refine") is not None else None,
             )
         except SpecError:
             raise

@@ -263,6 +263,9 @@ class FaceTracker:
                 points[n_old:], crops[n_old:] = again[0], again[2]
                 for name in probs:
                     probs[name][n_old:] = again[1][name]
+            points, refine_crop_ms, refine_ms = self._core.refine(image, points)
+            stages["crop"] += refine_crop_ms
+            stages["infer"] += refine_ms
             opts = self.options
             for i, tr in enumerate(tracks):
                 pts = points[i]

@@ -1,0 +1,96 @@
+"""The refinement stage at run time: a second, small model that looks at a patch around each
+landmark the first (whole-face) model gave, cut from the frame at the frame's own resolution,
+and moves each point by the correction it answers (a cascade, Sun et al., CVPR 2013).
+
+    refiner = Refiner(load_backend("facemtl_refine_int8.tflite"), first_spec=backend.spec)
+    points, crop_ms, infer_ms = refiner(frame, points)     # (N, K, 2) image pixels in and out
+
+The patches are cut by `facemtl.runtime.preprocess.point_patches`, the function training
+(`facemtl.train.refine`) cuts them with. The refinement file is a facemtl model file like the
+first (its spec's `refine` names the first stage's contract, `RefineSpec`); a refinement file
+made for another first model is refused. numpy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facemtl.runtime.errors import SpecError
+from facemtl.runtime.preprocess import from_patches, point_patches
+from facemtl.runtime.spec import REGRESSION, ModelSpec, contract_id
+
+# Whether FaceAnalyzerOptions(refine=None) runs the packaged refinement stage with the packaged
+# model: set by the rule of docs/experiments.md (run 44), measured on training frames.
+DEFAULT_ON = False
+
+# The packaged refinement stage, beside the packaged first stage: int8 TFLite, else float ONNX.
+REFINE_MODEL_FILES = ("facemtl_refine_int8.tflite", "facemtl_refine_fp32.onnx")
+
+
+class Refiner:
+    """Runs a refinement file on the landmarks of N faces of a frame, all in one batch."""
+
+    def __init__(self, backend, first_spec: ModelSpec | None = None):
+        spec: ModelSpec = backend.spec
+        if spec.refine is None:
+            raise SpecError(f"{getattr(backend, 'path', 'model')}: not a refinement stage (its spec has no 'refine'); "
+                            "give the file `python -m facemtl.train.refine convert` wrote")
+        if first_spec is not None and spec.refine.first != contract_id(first_spec):
+            raise SpecError(f"{getattr(backend, 'path', 'model')}: this refinement stage was trained after another "
+                            f"first model ({spec.refine.first_name or spec.refine.first}); the model in use has contract "
+                            f"{contract_id(first_spec)}, the refinement file wants {spec.refine.first}")
+        self.backend = backend
+        self.spec = spec
+        self._head = next(h for h in spec.heads if h.kind == REGRESSION)
+        self._k = len(spec.landmark_names)
+
+    @property
+    def path(self) -> Path | None:
+        return getattr(self.backend, "path", None)
+
+    def inputs(self, frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, K) model input and (N, K, 2, 3) patch matrices for (N, K, 2) landmarks."""
+        points = np.asarray(points, dtype=np.float64)
+        n, s = len(points), self.spec.input.size
+        x = np.empty((n, s, s, self._k), np.float32)
+        mats = np.empty((n, self._k, 2, 3))
+        for i in range(n):
+            x[i], mats[i] = point_patches(frame, points[i], self.spec.crop, self.spec.refine.patch, self.spec.input)
+        return x, mats
+
+    def __call__(self, frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Refined (N, K, 2) landmarks in image pixels, and the crop and model times in ms."""
+        points = np.asarray(points, dtype=np.float64)
+        if len(points) == 0 or points.shape[1] != self._k:
+            return points, 0.0, 0.0
+        t0 = time.perf_counter()
+        x, mats = self.inputs(frame, points)
+        t1 = time.perf_counter()
+        offsets = self._head.decode(self.backend.run(x)[self._head.name])["points"]
+        t2 = time.perf_counter()
+        out = np.stack([from_patches(o, m) for o, m in zip(offsets, mats)])
+        return out, 1000 * (t1 - t0), 1000 * (t2 - t1)
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close:
+            close()
+
+
+def packaged_refine_path(models: Path, first_path: Path | None) -> Path | None:
+    """The packaged refinement file to pair with the packaged first model: the one of the same
+    kind (.tflite with .tflite) where there is one, else any; None if the install has none."""
+    present = [models / n for n in REFINE_MODEL_FILES if (models / n).is_file()]
+    if not present:
+        return None
+    if first_path is not None:
+        same = [p for p in present if p.suffix == Path(first_path).suffix]
+        if same:
+            return same[0]
+    return present[0]
+
+
+__all__ = ["DEFAULT_ON", "Refiner", "REFINE_MODEL_FILES", "packaged_refine_path"]

@@ -1,0 +1,233 @@
+"""The refinement stage (issue 23): the patch cutter training and the runtime share, the
+refinement file's contract, the runtime's geometry in both running modes, and a few training
+steps on a small MTFL-like folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from facemtl.runtime.preprocess import from_patches, patch_targets, point_patches, point_squares
+from facemtl.runtime.spec import InputSpec, ModelSpec, RefineSpec, SpecError, contract_id
+from runtime_models import calibrated_spec, write_constant_onnx
+
+FACE = np.array([[120.0, 90.0], [172.0, 97.0], [146.0, 122.0], [124.0, 142.0], [166.0, 148.0]])
+
+
+def _refine_spec(first: ModelSpec, patch: float = 0.3, size: int = 16) -> ModelSpec:
+    from facemtl.train.refine import refine_spec
+
+    return refine_spec(first, patch=patch, size=size, first_name="test")
+
+
+def write_constant_refine(path, spec: ModelSpec, offsets: np.ndarray):
+    """A genuine ONNX refinement file: (N, S, S, K) patches -> constant per-point offsets."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from facemtl.runtime.formats import FORMAT_KEY, SPEC_KEY
+
+    s, k = spec.input.size, spec.input.channels
+    nodes = [helper.make_node("Flatten", ["patches"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["landmarks"])]
+    inits = [numpy_helper.from_array(np.zeros((s * s * k, 2 * k), np.float32), "w"),
+             numpy_helper.from_array(np.asarray(offsets, np.float32).reshape(-1), "b")]
+    graph = helper.make_graph(nodes, "constant_refine",
+                              [helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["N", s, s, k])],
+                              [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, ["N", 2 * k])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    for key, v in ((SPEC_KEY, spec.to_json()), (FORMAT_KEY, "onnx-fp32")):
+        p = model.metadata_props.add()
+        p.key, p.value = key, v
+    onnx.save(model, str(path))
+    return path
+
+
+# --- the spec -----------------------------------------------------------------------------------
+
+def test_refine_spec_round_trips_and_names_its_first_stage():
+    first = calibrated_spec()
+    spec = _refine_spec(first)
+    back = ModelSpec.from_json(spec.to_json())
+    assert back == spec
+    assert back.refine.first == contract_id(first)
+    assert back.input.channels == len(first.landmark_names)
+    # the detector calibrations are no part of the contract; the crop scale is
+    assert contract_id(first.replace(crop=dataclasses.replace(first.crop, calibrations={}))) == contract_id(first)
+    assert contract_id(first.replace(crop=dataclasses.replace(first.crop, scale=3.6))) != contract_id(first)
+
+
+def test_spec_refuses_channels_that_do_not_match_the_stage():
+    first = calibrated_spec()
+    with pytest.raises(SpecError, match="only grey input"):
+        first.replace(input=InputSpec(channels=5))
+    with pytest.raises(SpecError, match="one patch per landmark"):
+        _refine_spec(first).replace(input=InputSpec(size=16, channels=3))
+    with pytest.raises(SpecError, match="refine.patch"):
+        RefineSpec("abc", patch=0.0)
+    # an old spec (no "refine" key) still reads, as a first stage
+    d = first.to_dict()
+    del d["refine"]
+    assert ModelSpec.from_dict(d).refine is None
+
+
+# --- the patch cutter: one function for training and the runtime --------------------------------
+
+def test_patches_are_centred_on_the_points_and_turned_by_the_roll():
+    spec = _refine_spec(calibrated_spec())
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (240, 320), dtype=np.uint8)
+    squares = point_squares(FACE, spec.crop, 0.3)
+    assert [(s.cx, s.cy) for s in squares] == [tuple(p) for p in FACE]
+    roll = math.degrees(math.atan2(FACE[1, 1] - FACE[0, 1], FACE[1, 0] - FACE[0, 0]))
+    assert all(s.angle == pytest.approx(roll) for s in squares)
+    x, mats = point_patches(grey, FACE, spec.crop, 0.3, spec.input)
+    assert x.shape == (16, 16, 5) and x.dtype == np.float32
+    assert np.allclose(x.mean(axis=(0, 1)), 0, atol=1e-4) and np.allclose(x.std(axis=(0, 1)), 1, atol=1e-3)
+    # a point's own patch: offset 0 at its centre; one patch side along the patch's x axis = 1 unit
+    assert np.allclose(patch_targets(FACE, mats), 0, atol=1e-9)
+    side = squares[0].side
+    a = math.radians(roll)
+    moved = FACE + 0.25 * side * np.array([math.cos(a), math.sin(a)])
+    assert np.allclose(patch_targets(moved, mats), [[0.25, 0.0]] * 5, atol=1e-9)
+    assert np.allclose(from_patches(patch_targets(moved, mats), mats), moved, atol=1e-9)
+
+
+def test_training_and_runtime_cut_the_same_patches(tmp_path):
+    """train/serve parity: the examples `facemtl.train.refine` trains on are, bit for bit, what
+    the runtime's Refiner feeds the model for the same face, from a BGR frame (the runtime
+    greys only the region) as from the grey image training reads."""
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.refine import Refiner
+    from facemtl.train.refine import examples
+
+    first = calibrated_spec()
+    spec = _refine_spec(first)
+    rng = np.random.default_rng(1)
+    bgr = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    near_edge = FACE + np.array([-110.0, -80.0])  # patches cut by the frame edge: replicated border
+    truth = np.stack([FACE + 2.0, near_edge + 1.0])
+    firsts = np.stack([FACE, near_edge])
+    x_train, y_train, mats = examples([grey, grey], truth, firsts, spec)
+    refiner = Refiner(load_backend(write_constant_refine(tmp_path / "r.onnx", spec, np.zeros(10))), first)
+    x_run, mats_run = refiner.inputs(bgr, firsts)
+    assert np.array_equal(x_train, x_run)
+    assert np.array_equal(mats, mats_run)
+    assert np.allclose(y_train.reshape(2, 5, 2), [patch_targets(t, m) for t, m in zip(truth, mats)])
+
+
+# --- the runtime ----------------------------------------------------------------------------------
+
+def test_refiner_moves_each_point_by_its_answer_and_refuses_another_first_model(tmp_path):
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.refine import Refiner
+
+    first = calibrated_spec()
+    spec = _refine_spec(first)
+    offsets = np.array([[0.1, 0.0], [0.0, -0.1], [0.05, 0.05], [0.0, 0.0], [-0.2, 0.1]])
+    path = write_constant_refine(tmp_path / "r.onnx", spec, offsets)
+    refiner = Refiner(load_backend(path), first)
+    grey = np.random.default_rng(2).integers(0, 256, (240, 320), dtype=np.uint8)
+    out, crop_ms, infer_ms = refiner(grey, FACE[None])
+    side = point_squares(FACE, spec.crop, spec.refine.patch)[0].side
+    a = math.radians(point_squares(FACE, spec.crop, spec.refine.patch)[0].angle)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    assert np.allclose(out[0], FACE + side * offsets @ rot.T, atol=1e-4)
+    assert crop_ms >= 0 and infer_ms >= 0
+    assert refiner(grey, np.zeros((0, 5, 2)))[0].shape == (0, 5, 2)
+    other = first.replace(crop=dataclasses.replace(first.crop, scale=3.6))
+    with pytest.raises(SpecError, match="another first model"):
+        Refiner(load_backend(path), other)
+    with pytest.raises(SpecError, match="not a refinement stage"):
+        Refiner(load_backend(write_constant_onnx(tmp_path / "first.onnx", first)))
+
+
+@pytest.mark.parametrize("mode", ["image", "video"])
+def test_analyzer_refines_in_both_modes(tmp_path, mode):
+    """The same face through refine on and off: every landmark moves by the refinement file's
+    answer (here constant), in IMAGE and in VIDEO mode, and the model time grows."""
+    from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
+
+    first = calibrated_spec()
+    first_path = write_constant_onnx(tmp_path / "first.onnx", first)
+    spec = _refine_spec(first)
+    offsets = np.tile([0.1, -0.05], 5)
+    refine_path = write_constant_refine(tmp_path / "refine.onnx", spec, offsets)
+    frame = np.random.default_rng(3).integers(0, 256, (120, 120, 3), dtype=np.uint8)
+    answers = {}
+    for refine in (False, True):
+        opts = FaceAnalyzerOptions(model_path=first_path, detector="none", running_mode=mode, refine=refine,
+                                   refine_model_path=refine_path if refine else None)
+        with FaceAnalyzer.create_from_options(opts) as analyzer:
+            assert (analyzer.refine_model_path is not None) == refine
+            result = analyzer.analyze(frame) if mode == "image" else analyzer.analyze_for_video(frame, 0)
+            (face,) = result.faces
+            answers[refine] = face.landmarks
+    plain = answers[False]
+    sq = point_squares(plain, spec.crop, spec.refine.patch)[0]
+    a = math.radians(sq.angle)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    assert np.allclose(answers[True], plain + sq.side * offsets.reshape(5, 2) @ rot.T, atol=1e-3)
+
+
+def test_refine_options_fail_clearly(tmp_path):
+    from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
+
+    first_path = write_constant_onnx(tmp_path / "first.onnx", calibrated_spec())
+    with pytest.raises(ValueError, match="refine=False"):
+        FaceAnalyzerOptions(refine=False, refine_model_path=first_path)
+    with pytest.raises(SpecError, match="no refinement stage"):
+        FaceAnalyzer.create_from_options(FaceAnalyzerOptions(model_path=first_path, detector="none", refine=True))
+    # refine=None with a model that has no refinement stage: plain first stage
+    with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(model_path=first_path, detector="none")) as a:
+        assert a.refine_model_path is None
+
+
+# --- training, a handful of steps -------------------------------------------------------------------
+
+def test_cache_fit_and_convert_on_a_small_folder(tiny_mtfl, tmp_path):
+    """The first stage's answers cached, a refinement model trained for one epoch on them (the
+    first stage here answers a fixed mean face, so its errors are large and real), saved with a
+    spec that names the first stage, and converted to a file the runtime pairs with it."""
+    import json
+
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.refine import Refiner
+    from facemtl.train.refine import convert_refine, first_stage_cache, fit_refine, load_cache
+
+    first = calibrated_spec()
+    first_path = write_constant_onnx(tmp_path / "first.onnx", first)
+    summary = first_stage_cache(tiny_mtfl, tmp_path / "cache.npz", first_path, draws=2, val_fraction=0.25)
+    c = load_cache(tmp_path / "cache.npz")
+    n_val = int(c["val"].sum())
+    assert 0 < n_val < 160 and len(c["face"]) == 2 * (160 - n_val) + n_val
+    assert c["first"].shape == c["truth"].shape == (len(c["face"]), 5, 2)
+    assert summary["contract"] == contract_id(first) and summary["val_nme"] > 5  # a mean face errs
+    out = fit_refine(tmp_path / "cache.npz", tmp_path / "run", tiny_mtfl, epochs=1, batch=32, width=4, size=16,
+                     first_model=first_path)
+    assert (tmp_path / "run" / "model.keras").is_file()
+    spec = ModelSpec.load(tmp_path / "run" / "spec.json")
+    assert spec.refine.first == contract_id(first) and spec.input.shape == (16, 16, 5)
+    saved = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert saved["val"]["first_nme"] == pytest.approx(summary["val_nme"])
+    assert np.isfinite(out["val"]["refined_nme"]) and len(saved["history"]) == 1
+    report = convert_refine(tmp_path / "run", tmp_path / "conv", tmp_path / "cache.npz", tiny_mtfl,
+                            formats=("onnx-fp32",), calibration=20)
+    (row,) = report["formats"]
+    assert row["status"] == "passed", row
+    refiner = Refiner(load_backend(tmp_path / "conv" / row["file"]), first)
+    assert refiner.spec.refine.first_name == "first.onnx"
+
+
+def test_the_refinement_runtime_imports_without_tensorflow(tmp_path):
+    from import_blocker import run_blocked
+
+    r = run_blocked("import facemtl.runtime.refine, facemtl.runtime.analyzer\nprint('ok')", tmp_path)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
