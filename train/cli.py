@@ -130,6 +130,17 @@ def register_train(sub) -> None:
                    help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     p.add_argument("--monitor", default=d.monitor, help="validation metric that picks the best epoch (lower is better)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N faces of training.txt (smoke runs)")
+    p.add_argument("--teacher", type=Path,
+                   help="knowledge distillation: a trained model.keras whose outputs on the training faces every "
+                        "head also learns from (computed once, cached; docs/experiments.md, run 44)")
+    p.add_argument("--teacher-cache", type=Path,
+                   help="the teacher's outputs, cached (default: teachers/<teacher>-<sha>.npz beside --out)")
+    p.add_argument("--no-teacher-flip", dest="teacher_flip", action="store_false",
+                   help="the teacher's outputs on each crop alone (default: flip-averaged, once per face)")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight,
+                   help="share of each head's loss that is the teacher's term, 0..1 (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help="softens both models' class probabilities in the teacher's term (default %(default)s)")
     p.add_argument("--calibrate", default="haar", help="detectors to calibrate after training (comma list; '' for none)")
     p.set_defaults(func=_run_train)
 
@@ -153,7 +164,9 @@ def _run_train(args) -> int:
         monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing,
         smooth_to=args.smooth_to,
         balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, crop_scale=args.crop_scale, input_size=args.input_size,
-        limit=args.limit,
+        limit=args.limit, teacher=str(args.teacher) if args.teacher else "", teacher_flip=args.teacher_flip,
+        teacher_cache=str(args.teacher_cache) if args.teacher_cache else "", distill_weight=args.distill_weight,
+        temperature=args.temperature,
     )
     try:
         result = train(cfg)

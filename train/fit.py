@@ -240,6 +240,28 @@ def _build_for_multiworker(model, dataset) -> None:
     model.test_step = as_vectors(model.test_step)
 
 
+def load_teacher(cfg: TrainConfig, tr, spec: ModelSpec):
+    """(the teacher's targets for the training faces `tr`, what train.json records of them):
+    read from the cache or computed once and cached (facemtl.train.distill)."""
+    from facemtl.train.distill import cache_path, teacher_targets
+
+    if not 0.0 <= cfg.distill_weight <= 1.0:
+        raise RunError(f"--distill-weight must be in 0..1, got {cfg.distill_weight}")
+    if cfg.temperature <= 0:
+        raise RunError(f"--temperature must be > 0, got {cfg.temperature}")
+    teacher = Path(cfg.teacher)
+    if not teacher.exists():
+        raise RunError(f"--teacher {teacher}: no such file")
+    cache = Path(cfg.teacher_cache) if cfg.teacher_cache else cache_path(teacher, Path(cfg.out), cfg.teacher_flip)
+    started = time.time()
+    targets = teacher_targets(teacher, tr, spec, cache, flip=cfg.teacher_flip)
+    info = {"model": str(teacher), "cache": str(cache), "flip_average": cfg.teacher_flip,
+            "computed_seconds": round(targets.seconds, 1), "seconds_this_session": round(time.time() - started, 1),
+            "sha256": targets.meta.get("sha256", ""), "distill_weight": cfg.distill_weight,
+            "temperature": cfg.temperature}
+    return targets, info
+
+
 def _best_so_far(history: Path, monitor: str) -> tuple[float, int]:
     """(best value, its epoch) from history.csv, so a resumed run keeps its best checkpoint."""
     best, epoch = math.inf, -1
@@ -297,7 +319,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     batch = cfg.batch_size
     pose = tr.faces.labels.get("pose", np.full(len(tr), MISSING, np.int32))
     draw_weights = draw_weights_for(sources, cfg, pose)
-    train_source = FaceSource(tr, spec, Augment(erase=cfg.erase) if cfg.augment else Augment.none(), cfg.seed)
+    teacher, teacher_info = None, {}
+    if cfg.teacher:
+        teacher, teacher_info = load_teacher(cfg, tr, spec)
+    train_source = FaceSource(tr, spec, Augment(erase=cfg.erase) if cfg.augment else Augment.none(), cfg.seed,
+                              teacher=teacher)
     val_source = FaceSource(va, spec, None)
     masked = train_source.masked or val_source.masked
     if masked:  # both yield weights, or Keras's metrics would differ between fit and validation
@@ -324,7 +350,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         heads = MultiHead.from_spec(spec, loss_name=cfg.landmark_loss, label_smoothing=cfg.label_smoothing,
                                     hidden=model.head_hidden, smooth_to=cfg.smooth_to,
                                     priors=class_priors(tr.faces, spec, cfg.balance, draw_weights))
-        model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args(masked=masked))
+        distill = (cfg.distill_weight, cfg.temperature) if teacher is not None else None
+        model.compile(optimizer=optimizer, jit_compile=False, **heads.compile_args(masked=masked, distill=distill))
         if cfg.strategy == "multiworker":
             _build_for_multiworker(model, train_ds)
 
@@ -379,6 +406,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "sources": [{"name": s.name, "path": s.path, "train_faces": len(s.train), "val_faces": len(s.val),
                      "train_labels": s.train.faces.label_counts(), "skipped": len(s.problems)} for s in sources],
         "frozen_layers": len(frozen),
+        **({"teacher": teacher_info} if teacher_info else {}),
         "replicas": int(strategy.num_replicas_in_sync),
         "skipped": skipped,
         "config": config_json,

@@ -61,6 +61,7 @@ class NME(keras.metrics.Mean):
         self.n_points = n_points
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = y_true[..., : 2 * self.n_points]  # distillation appends the teacher's points (DistillLoss)
         p_true, p_pred = _points(y_true, self.n_points), _points(y_pred, self.n_points)
         err = ops.mean(ops.sqrt(ops.sum(ops.square(p_true - p_pred), axis=-1)), axis=-1)
         iod = ops.sqrt(ops.sum(ops.square(p_true[:, 1] - p_true[:, 0]), axis=-1))
@@ -150,7 +151,7 @@ class ClassificationHead(Head):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def metrics(self):
-        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        return [LabelAccuracy(name="accuracy")]
 
 
 @keras.saving.register_keras_serializable("facemtl")
@@ -181,6 +182,76 @@ class AdjustedCE(keras.losses.Loss):
         return {**super().get_config(), "classes": self.classes, "smoothing": self.smoothing, "prior": self.prior,
                 "smooth_to": self.smooth_to}
 
+
+@keras.saving.register_keras_serializable("facemtl")
+class LabelAccuracy(keras.metrics.SparseCategoricalAccuracy):
+    """Keras's sparse accuracy on the class id, also where a (N, 1 + classes) distillation
+    target carries the teacher's logits after it (`DistillLoss`)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if len(y_true.shape) == 2 and y_true.shape[-1] == y_pred.shape[-1] + 1:
+            y_true = y_true[:, :1]
+        return super().update_state(y_true, y_pred, sample_weight=sample_weight)
+
+
+@keras.saving.register_keras_serializable("facemtl")
+class DistillLoss(keras.losses.Loss):
+    """A head's label loss mixed with a distillation term towards a teacher's outputs:
+    (1 - weight) x label loss + weight x distillation.
+
+    The target carries the labels first and the teacher's outputs after them; a target of the
+    labels alone (validation) gets the label loss alone, so validation losses compare with
+    runs trained without a teacher.
+    - landmarks (`kind` regression): y_true is (N, 2 x points labels + 2 x points teacher);
+      the term is the mean point-to-point distance to the teacher's points divided by the
+      labels' inter-ocular distance (an NME against the teacher, `LandmarkLoss`'s floor).
+    - classes: y_true is (N, 1 + classes), the class id then the teacher's logits; the term is
+      Hinton et al.'s temperature^2 x KL(softmax(teacher / T) || softmax(student / T)). Both
+      models' raw logits are compared: a logit-adjusted head's raw logits are its balanced
+      scores in teacher and student alike (`ClassificationHead`).
+    """
+
+    def __init__(self, base=None, kind: str = REGRESSION, width: int = 10, weight: float = 0.5,
+                 temperature: float = 2.0, floor: float = 0.1, name: str = "distill", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"distillation weight must be in 0..1, got {weight}")
+        if temperature <= 0:
+            raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        self.base = keras.losses.deserialize(base) if isinstance(base, dict) else base
+        self.kind, self.width, self.weight, self.temperature, self.floor = kind, width, weight, temperature, floor
+
+    def _split(self, y_true):
+        """(labels, teacher) of a target, teacher None for a target of labels only."""
+        if self.kind == REGRESSION:
+            if y_true.shape[-1] == self.width:
+                return y_true, None
+            return y_true[:, : self.width], y_true[:, self.width:]
+        if len(y_true.shape) < 2 or y_true.shape[-1] == 1:
+            return y_true, None
+        return y_true[:, 0], y_true[:, 1:]
+
+    def call(self, y_true, y_pred):
+        labels, teacher = self._split(y_true)
+        label_loss = self.base.call(labels, y_pred)
+        if teacher is None or self.weight == 0.0:
+            return label_loss
+        return (1.0 - self.weight) * label_loss + self.weight * self.distill(labels, teacher, y_pred)
+
+    def distill(self, labels, teacher, y_pred):
+        if self.kind == REGRESSION:
+            n = self.width // 2
+            err = ops.sqrt(ops.sum(ops.square(_points(teacher, n) - _points(y_pred, n)), axis=-1) + 1e-12)
+            return ops.mean(err, axis=-1) / _interocular(labels, n, self.floor)
+        t = self.temperature
+        p_teacher = ops.softmax(teacher / t, axis=-1)
+        log_teacher = ops.log_softmax(teacher / t, axis=-1)
+        log_student = ops.log_softmax(y_pred / t, axis=-1)
+        return t * t * ops.sum(p_teacher * (log_teacher - log_student), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "base": keras.losses.serialize(self.base), "kind": self.kind,
+                "width": self.width, "weight": self.weight, "temperature": self.temperature, "floor": self.floor}
 
 
 def make_head(spec: HeadSpec, loss_name: str = "nme", label_smoothing: float = 0.0,
@@ -224,13 +295,20 @@ class MultiHead:
     def outputs(self, features) -> dict:
         return {name: head(features) for name, head in self.heads.items()}
 
-    def compile_args(self, masked: bool = False) -> dict:
+    def compile_args(self, masked: bool = False, distill: tuple[float, float] | None = None) -> dict:
         """`compile` arguments. `masked`: the data carries a 0/1 weight per head and face (a
         label missing for that face); each head's loss is then the mean over the faces that
         have its label ("mean_with_sample_weight"), not diluted by the batch's unlabelled
         ones, and its metrics count only those faces (Keras applies sample weights to
-        `weighted_metrics` alone)."""
+        `weighted_metrics` alone).
+
+        `distill`: (weight, temperature): every head's loss becomes a `DistillLoss` around its
+        label loss, for targets that carry a teacher's outputs (`FaceSource(..., teacher=...)`)."""
         losses = {n: h.loss() for n, h in self.heads.items()}
+        if distill is not None:
+            weight, temperature = distill
+            losses = {n: DistillLoss(loss, self.heads[n].spec.kind, self.heads[n].spec.units, weight, temperature)
+                      for n, loss in losses.items()}
         if masked:
             for loss in losses.values():
                 loss.reduction = "mean_with_sample_weight"

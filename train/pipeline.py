@@ -107,21 +107,42 @@ def make_example(grey: np.ndarray, points: np.ndarray, attrs: np.ndarray, spec: 
     like an annotated one; its landmark target is NaN. With `aug=None` this is exactly the
     runtime's `prepare` for the face's square.
     """
+    return augmented_example(grey, points, attrs, spec, aug, rng, square, pose_index)[:3]
+
+
+def augmented_example(grey: np.ndarray, points: np.ndarray, attrs: np.ndarray, spec: ModelSpec,
+                      aug: Augment | None, rng: np.random.Generator | None, square: Square | None = None,
+                      pose_index: int | None = ATTRIBUTE_NAMES.index("pose"), extra: np.ndarray | None = None):
+    """`make_example`, plus `extra` points (image pixels, e.g. a teacher's landmarks) put
+    through the same crop and flip as the labels, and whether the crop was flipped:
+    (crop, landmark target, class ids, extra target (10,) or None, flipped). The random draws
+    are `make_example`'s, in its order, so a face is cut the same with or without `extra`."""
     size = spec.input.size
     base = square if square is not None else face_square(grey, points, spec.crop)
     square = base if aug is None else jitter(base, aug, rng)
     patch, m = crop(grey, square, size)
     target = to_crop(points, m)
+    more = None if extra is None else to_crop(extra, m)
     attrs = attrs.copy()
+    flipped = False
     if aug is not None:
         patch = photometric(patch, aug, rng)
         if aug.flip and rng.random() < aug.flip:
+            flipped = True
             patch = patch[:, ::-1]
-            target = target[list(LANDMARK_FLIP)]
-            target[:, 0] = 1.0 - target[:, 0]
+            target = _flip_points(target)
+            more = None if more is None else _flip_points(more)
             if pose_index is not None and attrs[pose_index] >= 0:
                 attrs[pose_index] = POSE_FLIP[attrs[pose_index]]
-    return normalize(patch, spec.input), target.reshape(-1).astype(np.float32), attrs
+    return (normalize(patch, spec.input), target.reshape(-1).astype(np.float32), attrs,
+            None if more is None else more.reshape(-1).astype(np.float32), flipped)
+
+
+def _flip_points(target: np.ndarray) -> np.ndarray:
+    """Crop-unit points of a mirrored crop: image-left and image-right swap, x runs back."""
+    target = target[list(LANDMARK_FLIP)]
+    target[:, 0] = 1.0 - target[:, 0]
+    return target
 
 
 # Stands in for the landmark target of a face without landmarks: its loss is weighted 0, and a
@@ -137,15 +158,23 @@ class FaceSource:
     missing for some faces. Where anything is missing (`masked`), each batch also carries a
     weight per head and face: 1 where the face has that head's target, 0 where not, so a
     missing label adds nothing to the loss or the metrics of its head.
+
+    `teacher` (`facemtl.train.distill.TeacherTargets`, one row per face in this order): a
+    teacher's outputs on each face's un-augmented crop. Its landmarks (image pixels) are cut
+    and flipped with the labels' own transform, its class logits permuted where a flip
+    mirrors a class (pose); `distill_batch` returns them beside the labels.
     """
 
-    def __init__(self, data, spec: ModelSpec, augment: Augment | None, seed: int = 0):
+    def __init__(self, data, spec: ModelSpec, augment: Augment | None, seed: int = 0, teacher=None):
         from facemtl.train.sources import LoadedFaces, head_targets
 
         self.images = data.images
         self.spec = spec
         self.augment = augment
         self.seed = seed
+        if teacher is not None and len(teacher) != len(data.images):
+            raise ValueError(f"teacher targets for {len(teacher)} faces, but the source has {len(data.images)}")
+        self.teacher = teacher
         if isinstance(data, LoadedFaces):
             self.points = data.faces.points
             self.squares = data.squares
@@ -184,22 +213,42 @@ class FaceSource:
     def weighted_batch(self, index: np.ndarray, draw: np.ndarray):
         """numpy side of the pipeline: `draw` seeds each face's augmentation (deterministic).
         Returns crops, landmark targets, class ids and the (N, heads) 0/1 target weights."""
+        return self._batch(index, draw, with_teacher=False)[:4]
+
+    def distill_batch(self, index: np.ndarray, draw: np.ndarray):
+        """`weighted_batch` with the teacher's targets for the same augmented crops: crops,
+        landmark targets (N, 2 x points labels, then 2 x points teacher), class ids, weights,
+        and the teacher's logits of the classification heads, side by side in spec order."""
+        if self.teacher is None:
+            raise ValueError("distill_batch needs teacher targets (FaceSource(..., teacher=...))")
+        return self._batch(index, draw, with_teacher=True)
+
+    def _batch(self, index: np.ndarray, draw: np.ndarray, with_teacher: bool):
         n, s = len(index), self.spec.input.size
+        npts = 2 * len(self.spec.landmark_names)
+        class_heads = [h for h in self.spec.heads if h.kind != REGRESSION]
         x = np.empty((n, s, s, 1), np.float32)
-        y = np.empty((n, 2 * len(self.spec.landmark_names)), np.float32)
+        y = np.empty((n, 2 * npts if with_teacher else npts), np.float32)
         a = np.empty((n, self.attrs.shape[1]), np.int32)
+        t = np.zeros((n, sum(h.units for h in class_heads) if with_teacher else 0), np.float32)
         for j, (i, d) in enumerate(zip(index, draw)):
             rng = np.random.default_rng([self.seed, int(d)]) if self.augment is not None else None
             square = None if self.has_points[i] else Square(*self.squares[i])
-            x[j, :, :, 0], y[j], a[j] = make_example(self.images[i], self.points[i], self.attrs[i], self.spec,
-                                                     self.augment, rng, square=square, pose_index=self.pose_index)
+            extra = self.teacher.points[i] if with_teacher else None
+            x[j, :, :, 0], y[j, :npts], a[j], more, flipped = augmented_example(
+                self.images[i], self.points[i], self.attrs[i], self.spec, self.augment, rng, square=square,
+                pose_index=self.pose_index, extra=extra)
+            if with_teacher:
+                y[j, npts:] = more
+                t[j] = self.teacher.class_row(i, flipped)
         if self.masked:
             # masked targets must still be finite: a weight of 0 times NaN is NaN
-            missing = np.isnan(y).any(axis=1)
-            if missing.any():
-                y[missing] = PLACEHOLDER_POINTS.reshape(-1)[: y.shape[1]]
+            for part in (slice(0, npts), slice(npts, y.shape[1])):
+                missing = np.isnan(y[:, part]).any(axis=1)
+                if missing.any():
+                    y[missing, part] = PLACEHOLDER_POINTS.reshape(-1)[:npts]
             a = np.maximum(a, 0)
-        return x, y, a, self.weights[index]
+        return x, y, a, self.weights[index], t
 
 
 def pose_counts(pose: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -254,12 +303,20 @@ def make_dataset(source: FaceSource, batch_size: int, shuffle: bool, seed: int =
         return (*source.batch(index, draw), np.ones((len(index), heads), np.float32))
 
     batch_fn = getattr(source, "weighted_batch", weighted)
+    teacher = getattr(source, "teacher", None) is not None
+    class_heads = [h for h in spec.heads if h.kind != REGRESSION]
+    offsets = dict(zip([h.name for h in class_heads], np.cumsum([0] + [h.units for h in class_heads])))
 
     def load(index, draw):
-        x, y, a, w = tf.numpy_function(batch_fn, [index, draw], [tf.float32, tf.float32, tf.int32, tf.float32],
-                                       stateful=False)
+        if teacher:
+            x, y, a, w, t = tf.numpy_function(source.distill_batch, [index, draw],
+                                              [tf.float32, tf.float32, tf.int32, tf.float32, tf.float32], stateful=False)
+            t.set_shape([None, sum(h.units for h in class_heads)])
+        else:
+            x, y, a, w = tf.numpy_function(batch_fn, [index, draw], [tf.float32, tf.float32, tf.int32, tf.float32],
+                                           stateful=False)
         x.set_shape([None, size, size, 1])
-        y.set_shape([None, npts])
+        y.set_shape([None, 2 * npts if teacher else npts])
         a.set_shape([None, len(columns)])
         w.set_shape([None, len(spec.heads)])
         targets = {}
@@ -268,6 +325,10 @@ def make_dataset(source: FaceSource, batch_size: int, shuffle: bool, seed: int =
             # dummy target of 0, weighted 0
             targets[h.name] = y if h.kind == REGRESSION else (a[:, columns[h.name]] if h.name in columns
                                                                   else tf.zeros_like(a[:, 0]))
+            if teacher and h.kind != REGRESSION:
+                # (N, 1 + classes): the class id, then the teacher's logits (facemtl.train.heads.DistillLoss)
+                k = offsets[h.name]
+                targets[h.name] = tf.concat([tf.cast(targets[h.name], tf.float32)[:, None], t[:, k:k + h.units]], 1)
         if not masked:
             # every face has every target: no weights, so a fully labelled run is bit for bit
             # the run it was before partial labels existed
