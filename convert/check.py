@@ -50,6 +50,7 @@ class HeadCheck:
     atol: float | None
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    interpreter: str = ""          # what ran the file: litert, tflite-runtime, onnxruntime
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +69,8 @@ def head_metric(head: HeadSpec, raw: np.ndarray, landmarks: np.ndarray, labels: 
 
 
 def check_head(head: HeadSpec, keras_raw: np.ndarray, raw: np.ndarray, landmarks: np.ndarray,
-               labels: Mapping[str, np.ndarray], limits: Limits, atol: float | None = None) -> HeadCheck:
+               labels: Mapping[str, np.ndarray], limits: Limits, atol: float | None = None,
+               interpreter: str = "") -> HeadCheck:
     keras_raw = np.asarray(keras_raw, np.float32).reshape(len(keras_raw), -1)
     raw = np.asarray(raw, np.float32).reshape(len(raw), -1)
     if keras_raw.shape != raw.shape:
@@ -93,16 +95,16 @@ def check_head(head: HeadSpec, keras_raw: np.ndarray, raw: np.ndarray, landmarks
     if atol is not None and max_diff > atol:
         reasons.append(f"max |diff| {max_diff:.2g} > {atol:g}")
     return HeadCheck(head.name, head.metric, k, c, delta, limits.tolerance, agreement, limits.min_agreement,
-                     max_diff, atol, not reasons, reasons)
+                     max_diff, atol, not reasons, reasons, interpreter)
 
 
 def check_outputs(spec: ModelSpec, keras_out: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray],
                   landmarks: np.ndarray, labels: Mapping[str, np.ndarray],
                   tolerances: Mapping[str, float] | None = None, agreements: Mapping[str, float] | None = None,
-                  atol: float | None = None) -> list[HeadCheck]:
+                  atol: float | None = None, interpreter: str = "") -> list[HeadCheck]:
     """One HeadCheck per head of `spec`, outputs matched by head name."""
     return [check_head(h, keras_out[h.name], out[h.name], landmarks, labels,
-                       Limits.for_head(h, tolerances, agreements), atol) for h in spec.heads]
+                       Limits.for_head(h, tolerances, agreements), atol, interpreter) for h in spec.heads]
 
 
 def keras_outputs(model, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:

@@ -63,6 +63,11 @@ def register_convert(sub) -> None:
                    help="override a class head's minimum agreement with Keras (fraction, e.g. pose=0.97); repeatable")
     p.add_argument("--latency-runs", type=int, default=200, metavar="N",
                    help="batch-1 calls timed per format (default 200; 0 skips)")
+    p.add_argument("--check-with", action="append", metavar="NAME[=PYTHON],...",
+                   help="check TFLite files in each of these interpreters: litert, tflite-runtime (default: the "
+                        "first importable). NAME=PYTHON runs it in another environment's Python (one with facemtl "
+                        "and that interpreter: tflite-runtime needs numpy<2, which TensorFlow's environment has not); "
+                        "a file passes only if every head passes in every interpreter. Repeatable or comma-separated")
     p.set_defaults(func=run_convert)
 
 
@@ -79,8 +84,16 @@ def run_convert(args) -> int:
     from facemtl.train.quiet import import_tensorflow
 
     import_tensorflow()  # without its start-up chatter on stderr
+    from facemtl.convert.interpreters import parse_check_with
     from facemtl.convert.run import ConvertError, ConvertOptions, convert_model, parse_head_values
 
+    try:
+        check_with = parse_check_with(args.check_with)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    missing = [str(c.python) for c in check_with if c.python is not None and not c.python.is_file()]
+    if missing:
+        raise CommandError(f"--check-with: no such Python {', '.join(missing)}")
     try:
         agreements = parse_head_values(args.min_agreement, "--min-agreement")
         if any(not 0.0 <= v <= 1.0 for v in agreements.values()):
@@ -90,7 +103,7 @@ def run_convert(args) -> int:
             opset=args.opset, per_channel=args.per_channel, equalize=args.equalize, float_heads=args.float_heads,
             float_stem=args.float_stem,
             tolerances=parse_head_values(args.tolerance, "--tolerance"), agreements=agreements,
-            latency_runs=args.latency_runs)
+            latency_runs=args.latency_runs, check_with=check_with)
         out = args.out if args.out is not None else model.parent / "converted"
         report = convert_model(model, out, data, opts)
     except ConvertError as e:

@@ -18,9 +18,11 @@ class FormatResult:
     size_bytes: int | None = None
     export_seconds: float | None = None
     check_seconds: float | None = None
-    latency_ms: dict[str, float] | None = None  # median, p95 at batch 1, one thread
+    latency_ms: dict[str, float] | None = None  # median, p95 at batch 1, one thread (the first interpreter)
     error: str | None = None
-    heads: list[HeadCheck] = field(default_factory=list)
+    heads: list[HeadCheck] = field(default_factory=list)  # one per (interpreter, head)
+    # what checked the file, in order: interpreter, version, machine, python, latency_ms
+    interpreters: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -42,30 +44,40 @@ def _num(v, fmt: str = "{:.3f}", signed: bool = False) -> str:
     return (("{:+" + fmt[2:]) if signed else fmt).format(v)
 
 
-def _latency(r: FormatResult) -> str:
-    if not r.latency_ms:
+def _latency(r: FormatResult, interpreter: str = "") -> str:
+    lat = next((i.get("latency_ms") for i in r.interpreters if i.get("interpreter") == interpreter), r.latency_ms)
+    if not lat:
         return "-"
-    return f"{r.latency_ms['median']:.3f} / {r.latency_ms['p95']:.3f}"
+    return f"{lat['median']:.3f} / {lat['p95']:.3f}"
+
+
+def _interpreter(r: FormatResult, name: str) -> str:
+    version = next((i.get("version") for i in r.interpreters if i.get("interpreter") == name), None)
+    return "-" if not name else name if not version or version == "?" else f"{name} {version}"
 
 
 def convert_markdown(results: list[FormatResult], header: str = "") -> str:
-    """One row per format and head: status, size, metric for Keras and the file, delta, agreement, latency."""
+    """One row per format, interpreter and head: status, size, metric for Keras and the file, delta,
+    agreement, latency."""
     lines = [header] if header else []
     lines += [
-        "| format | status | head | head check | size | metric | keras | file | delta (tolerance) | agreement "
-        "| max abs diff | ms median / p95 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| format | status | head | head check | interpreter | size | metric | keras | file | delta (tolerance) "
+        "| agreement | max abs diff | ms median / p95 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         if not r.heads:
-            lines.append(f"| {r.format} | {r.status} | - | - | {mb(r.size_bytes)} | - | - | - | - | - | - | {_latency(r)} |")
+            lines.append(f"| {r.format} | {r.status} | - | - | - | {mb(r.size_bytes)} | - | - | - | - | - | - | "
+                         f"{_latency(r)} |")
             continue
         for h in r.heads:
             verdict = "passed" if h.passed else "FAILED: " + "; ".join(h.reasons)
             lines.append(
-                f"| {r.format} | {r.status} | {h.head} | {verdict} | {mb(r.size_bytes)} | {h.metric} | {_num(h.keras)} | "
+                f"| {r.format} | {r.status} | {h.head} | {verdict} | {_interpreter(r, h.interpreter)} | "
+                f"{mb(r.size_bytes)} | {h.metric} | {_num(h.keras)} | "
                 f"{_num(h.converted)} | {_num(h.delta, signed=True)} ({h.tolerance:g}) | "
-                f"{'-' if h.agreement is None else f'{h.agreement:.2%}'} | {h.max_abs_diff:.2g} | {_latency(r)} |"
+                f"{'-' if h.agreement is None else f'{h.agreement:.2%}'} | {h.max_abs_diff:.2g} | "
+                f"{_latency(r, h.interpreter)} |"
             )
     errors = [r for r in results if r.error]
     if errors:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-from facemtl.convert.bench import REJECTED_DIR, latency_ms
+from facemtl.convert.bench import REJECTED_DIR
 from facemtl.convert.check import CHECK_FAILED, EXPORT_FAILED, PASSED, check_outputs, keras_outputs
 from facemtl.convert.report import FormatResult, convert_markdown, write_json
 from facemtl.runtime.formats import FORMAT_NAMES, Format, get_format
@@ -51,6 +51,9 @@ class ConvertOptions:
     agreements: dict[str, float] = field(default_factory=dict)
     latency_runs: int = 200
     seed: int = 0
+    # TFLite files are checked in each of these interpreters (facemtl.convert.interpreters.CheckWith);
+    # empty: the one load_backend picks. ONNX files always run in onnxruntime.
+    check_with: tuple = ()
 
 
 def model_spec(model, model_path: Path) -> tuple[ModelSpec, str]:
@@ -148,7 +151,8 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
         "calibration": None if cal is None else {"faces": len(cal), "source": cal.source},
         "options": {"opset": opts.opset, "per_channel": opts.per_channel, "equalize": opts.equalize,
                     "float_heads": opts.float_heads, "float_stem": opts.float_stem, "tolerances": opts.tolerances,
-                    "min_agreement": opts.agreements, "latency": "batch 1, one thread, median / p95 ms"},
+                    "min_agreement": opts.agreements, "latency": "batch 1, one thread, median / p95 ms",
+                    "check_with": [str(c) for c in opts.check_with]},
         "passed": all(r.passed for r in results),
         "formats": [r.to_dict() for r in results],
     }
@@ -162,8 +166,9 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
 
 
 def _one_format(fmt: Format, ctx, out_dir: Path, held, reference, opts: ConvertOptions, log) -> FormatResult:
+    from facemtl.convert import interpreters
     from facemtl.convert.export import ExportError, export
-    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.formats import TFLITE
 
     final = out_dir / fmt.file_name()
     rejected = out_dir / REJECTED_DIR / fmt.file_name()
@@ -186,17 +191,21 @@ def _one_format(fmt: Format, ctx, out_dir: Path, held, reference, opts: ConvertO
 
     result.size_bytes = staged.stat().st_size
     t = time.perf_counter()
-    try:
-        with load_backend(staged, threads=1) as backend:
-            out = backend.run(held.x)
-            result.heads = check_outputs(ctx.spec, reference, out, held.landmarks, held.labels,
-                                         opts.tolerances, opts.agreements, fmt.atol)
-            if opts.latency_runs:
-                result.latency_ms = latency_ms(backend, held.x, runs=opts.latency_runs)
-        result.status = PASSED if all(h.passed for h in result.heads) else CHECK_FAILED
-    except Exception as e:  # a file its interpreter refuses is a failed check, reported as such
-        result.status = CHECK_FAILED
-        result.error = f"{type(e).__name__}: {e}"
+    errors = []
+    # a file passes only if it passes in every interpreter it was checked in (what a Pi runs
+    # may not be what this machine runs by default)
+    for check_with in (opts.check_with or (None,)) if fmt.backend == TFLITE else (None,):
+        try:
+            ran = interpreters.run(staged, held.x, check_with, opts.latency_runs)
+            result.heads += check_outputs(ctx.spec, reference, ran.outputs, held.landmarks, held.labels,
+                                          opts.tolerances, opts.agreements, fmt.atol, ran.interpreter)
+            result.interpreters.append(ran.info())
+            if result.latency_ms is None:
+                result.latency_ms = ran.latency_ms
+        except Exception as e:  # a file its interpreter refuses is a failed check, reported as such
+            errors.append(("" if check_with is None else f"{check_with.name}: ") + f"{type(e).__name__}: {e}")
+    result.error = "; ".join(errors) or None
+    result.status = PASSED if not errors and all(h.passed for h in result.heads) else CHECK_FAILED
     result.check_seconds = round(time.perf_counter() - t, 2)
 
     if result.status == PASSED:
@@ -208,7 +217,8 @@ def _one_format(fmt: Format, ctx, out_dir: Path, held, reference, opts: ConvertO
         os.replace(staged, rejected)
         final.unlink(missing_ok=True)
         result.file = f"{REJECTED_DIR}/{fmt.file_name()}"
-        failed = [h.head for h in result.heads if not h.passed]
+        failed = [h.head + (f" ({h.interpreter})" if len(result.interpreters) > 1 else "")
+                  for h in result.heads if not h.passed]
         result.error = result.error or f"heads failed: {', '.join(failed)}"
     lat = f", {result.latency_ms['median']:.3f} ms/face" if result.latency_ms else ""
     log(f"{fmt.name}: {result.status} ({result.size_bytes / 1e6:.2f} MB, export {result.export_seconds:.1f} s, "

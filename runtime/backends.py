@@ -14,6 +14,7 @@ that tensor's own scale and zero point. A file whose outputs do not match its sp
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,22 @@ def _check_input(path: Path, spec: ModelSpec, shape: tuple) -> None:
 
 # --- TFLite -----------------------------------------------------------------------------------
 
-def tflite_interpreter_class():
-    """LiteRT's Interpreter, else tflite_runtime's, else TensorFlow's (a machine with no other)."""
+# TFLite interpreters by the name `facemtl convert --check-with` and `load_backend` take.
+TFLITE_INTERPRETERS = {"litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}
+
+
+def tflite_interpreter_class(name: str | None = None):
+    """The Interpreter class of `name` ("litert" or "tflite-runtime"); without a name,
+    LiteRT's, else tflite_runtime's, else TensorFlow's (a machine with no other)."""
+    if name is not None:
+        if name not in TFLITE_INTERPRETERS:
+            raise ValueError(f"unknown TFLite interpreter {name!r}; choose from {', '.join(TFLITE_INTERPRETERS)}")
+        module = TFLITE_INTERPRETERS[name]
+        try:
+            return importlib.import_module(f"{module}.interpreter").Interpreter
+        except ImportError as e:
+            raise ImportError(f"the {name} interpreter is not importable here ({e}); "
+                              f"pip install {module.replace('_', '-')}") from None
     try:
         from ai_edge_litert.interpreter import Interpreter
         return Interpreter
@@ -133,6 +148,12 @@ def tflite_interpreter_class():
     except ImportError:
         raise ImportError("running .tflite files needs a TFLite interpreter: "
                           "pip install ai-edge-litert (or tflite-runtime)") from None
+
+
+def interpreter_name(interpreter_class) -> str:
+    """"litert", "tflite-runtime" or "tensorflow": which package an Interpreter class is from."""
+    top = interpreter_class.__module__.split(".")[0]
+    return next((n for n, m in TFLITE_INTERPRETERS.items() if m == top), top)
 
 
 def _quant(details: dict) -> QuantParams | None:
@@ -174,7 +195,8 @@ def _check_finite(path: Path, out: dict[str, np.ndarray]) -> None:
 class TFLiteBackend(Backend):
     _interpreter = "the TFLite interpreter"
 
-    def __init__(self, path: Path, threads: int = 1, data: bytes | None = None):
+    def __init__(self, path: Path, threads: int = 1, data: bytes | None = None, interpreter: str | None = None):
+        self._interpreter_choice = interpreter
         self._open(path, threads, data)
 
     def _load(self, path: Path, threads: int, data: bytes | None) -> None:
@@ -187,7 +209,8 @@ class TFLiteBackend(Backend):
                 pass
         spec = spec_from_metadata(path, metadata)
         super().__init__(path, spec, format_from_metadata(path, metadata), threads)
-        Interpreter = tflite_interpreter_class()
+        Interpreter = tflite_interpreter_class(self._interpreter_choice)
+        self.interpreter = interpreter_name(Interpreter)  # which one runs the file
         try:
             self._it = Interpreter(model_content=tfl.data, num_threads=int(threads))
             signatures = self._it.get_signature_list()
@@ -320,6 +343,7 @@ class TFLiteBackend(Backend):
 
 class ONNXBackend(Backend):
     _interpreter = "onnxruntime"
+    interpreter = "onnxruntime"  # which package runs the file (TFLiteBackend: litert, tflite-runtime)
 
     def __init__(self, path: Path, threads: int = 1, data: bytes | None = None):
         self._open(path, threads, data)
@@ -382,17 +406,23 @@ def _one_line(e: BaseException) -> str:
 _BACKENDS = {TFLITE: TFLiteBackend, ONNX: ONNXBackend}
 
 
-def load_backend(path: str | Path, threads: int = 1) -> Backend:
+def load_backend(path: str | Path, threads: int = 1, interpreter: str | None = None) -> Backend:
     """Open a .tflite or .onnx file written by `facemtl convert` in its interpreter.
 
     `threads`: interpreter threads (1 = the per-face latency `facemtl bench` reports).
+    `interpreter`: for a .tflite file, "litert" or "tflite-runtime" rather than the first
+    one importable (ImportError if it is not installed).
     Raises ModelFileError (naming the file) for a missing, corrupt or foreign file, a file
     without an embedded spec, or one whose outputs do not match its spec.
     """
     path = check_path(path)
     if int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    return _BACKENDS[backend_for(path)](path, int(threads))
+    if interpreter is None:
+        return _BACKENDS[backend_for(path)](path, int(threads))
+    if backend_for(path) != TFLITE:
+        raise ValueError(f"{path.name}: only .tflite files take an interpreter choice, not {interpreter!r}")
+    return TFLiteBackend(path, int(threads), interpreter=interpreter)
 
 
 def load_backend_from_buffer(data: bytes, threads: int = 1, name: str = "<model buffer>") -> Backend:
