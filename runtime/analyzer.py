@@ -92,7 +92,7 @@ class FaceAnalyzerOptions:
         resolution, and moves the point; in both running modes. None (the default): on where
         the model has a refinement stage to pair with (the packaged model has one; see
         `facemtl.runtime.refine.DEFAULT_ON`), off otherwise. True: on, and an error if there is
-        none. False: off.
+        none. False: off. With `flip_average` the refinement is flip-averaged too.
     refine_model_path: the refinement file (written by `python -m facemtl.train.refine
         convert`) to run with `model_path`'s model; None: the packaged one, for the packaged
         model. A file trained after another first model is refused.
@@ -415,7 +415,7 @@ def _load_refiner(options: FaceAnalyzerOptions, backend, spec: ModelSpec):
     except ImportError as e:
         raise SpecError(f"{path}: {e}") from None
     try:
-        return Refiner(rb, first_spec=spec)
+        return Refiner(rb, first_spec=spec, flip_average=bool(options.flip_average))
     except SpecError:
         rb.close()
         raise

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from facemtl.runtime.errors import SpecError
+from facemtl.runtime.mirror import mirror_permutation
 from facemtl.runtime.preprocess import from_patches, point_patches
 from facemtl.runtime.spec import REGRESSION, ModelSpec, contract_id
 
 # Whether FaceAnalyzerOptions(refine=None) runs the packaged refinement stage with the packaged
 # model: set by the rule of docs/experiments.md (run 44), measured on training frames.
-DEFAULT_ON = False
+DEFAULT_ON = True
 
 # The packaged refinement stage, beside the packaged first stage: int8 TFLite, else float ONNX.
 REFINE_MODEL_FILES = ("facemtl_refine_int8.tflite", "facemtl_refine_fp32.onnx")
@@ -33,7 +34,7 @@ REFINE_MODEL_FILES = ("facemtl_refine_int8.tflite", "facemtl_refine_fp32.onnx")
 class Refiner:
     """Runs a refinement file on the landmarks of N faces of a frame, all in one batch."""
 
-    def __init__(self, backend, first_spec: ModelSpec | None = None):
+    def __init__(self, backend, first_spec: ModelSpec | None = None, flip_average: bool = False):
         spec: ModelSpec = backend.spec
         if spec.refine is None:
             raise SpecError(f"{getattr(backend, 'path', 'model')}: not a refinement stage (its spec has no 'refine'); "
@@ -44,8 +45,10 @@ class Refiner:
                             f"{contract_id(first_spec)}, the refinement file wants {spec.refine.first}")
         self.backend = backend
         self.spec = spec
+        self.flip_average = flip_average
         self._head = next(h for h in spec.heads if h.kind == REGRESSION)
         self._k = len(spec.landmark_names)
+        self._perm = list(mirror_permutation(spec.landmark_names, "the refinement stage's landmarks"))
 
     @property
     def path(self) -> Path | None:
@@ -69,7 +72,11 @@ class Refiner:
         t0 = time.perf_counter()
         x, mats = self.inputs(frame, points)
         t1 = time.perf_counter()
-        offsets = self._head.decode(self.backend.run(x)[self._head.name])["points"]
+        n = len(x)
+        batch = np.concatenate([x, mirror_patches(x, self._perm)]) if self.flip_average else x
+        offsets = self._head.decode(self.backend.run(batch)[self._head.name])["points"]
+        if self.flip_average:
+            offsets = 0.5 * (offsets[:n] + mirror_offsets(offsets[n:], self._perm))
         t2 = time.perf_counter()
         out = np.stack([from_patches(o, m) for o, m in zip(offsets, mats)])
         return out, 1000 * (t1 - t0), 1000 * (t2 - t1)
@@ -78,6 +85,22 @@ class Refiner:
         close = getattr(self.backend, "close", None)
         if close:
             close()
+
+
+def mirror_patches(x: np.ndarray, perm) -> np.ndarray:
+    """The refinement input of the mirror image of the same faces, from (N, S, S, K) patches:
+    each patch flipped left-right, and patch k put where its mirror twin was (left eye <->
+    right eye). A patch of the mirror image around the mirrored point, turned by the mirrored
+    (negated) roll, is the mirrored patch: no second cut from the frame."""
+    return np.ascontiguousarray(x[:, :, ::-1, :][..., list(perm)])
+
+
+def mirror_offsets(offsets: np.ndarray, perm) -> np.ndarray:
+    """Answers (N, K, 2) for `mirror_patches` inputs, put back into the unmirrored faces' frame:
+    twins swapped back, x (from the patch centre) negated."""
+    out = np.asarray(offsets, np.float32)[:, list(perm)].copy()
+    out[..., 0] *= -1
+    return out
 
 
 def packaged_refine_path(models: Path, first_path: Path | None) -> Path | None:
@@ -93,4 +116,4 @@ def packaged_refine_path(models: Path, first_path: Path | None) -> Path | None:
     return present[0]
 
 
-__all__ = ["DEFAULT_ON", "Refiner", "REFINE_MODEL_FILES", "packaged_refine_path"]
+__all__ = ["DEFAULT_ON", "Refiner", "mirror_offsets", "mirror_patches", "REFINE_MODEL_FILES", "packaged_refine_path"]

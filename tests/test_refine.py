@@ -164,6 +164,7 @@ def test_analyzer_refines_in_both_modes(tmp_path, mode):
     answers = {}
     for refine in (False, True):
         opts = FaceAnalyzerOptions(model_path=first_path, detector="none", running_mode=mode, refine=refine,
+                                   flip_average=False,
                                    refine_model_path=refine_path if refine else None)
         with FaceAnalyzer.create_from_options(opts) as analyzer:
             assert (analyzer.refine_model_path is not None) == refine
@@ -231,3 +232,29 @@ def test_the_refinement_runtime_imports_without_tensorflow(tmp_path):
 
     r = run_blocked("import facemtl.runtime.refine, facemtl.runtime.analyzer\nprint('ok')", tmp_path)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_flip_averaged_refinement_is_the_mean_of_straight_and_mirrored_answers(tmp_path):
+    """A constant answer d for every patch: the mirrored half answers d too, which put back
+    into the face's frame is (-dx, dy) of the twin; the average is what the Refiner returns.
+    And the mirrored patches are those of the mirror image (up to the warp's rounding)."""
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.refine import Refiner, mirror_patches
+
+    first = calibrated_spec()
+    spec = _refine_spec(first, size=24)
+    offsets = np.array([[0.1, 0.02], [0.0, -0.1], [0.05, 0.05], [0.0, 0.0], [-0.2, 0.1]])
+    path = write_constant_refine(tmp_path / "r.onnx", spec, offsets)
+    grey = cv2.GaussianBlur(np.random.default_rng(4).integers(0, 256, (240, 320), dtype=np.uint8), (7, 7), 2)
+    refiner = Refiner(load_backend(path), first, flip_average=True)
+    out, _, _ = refiner(grey, FACE[None])
+    perm = [1, 0, 2, 4, 3]
+    back = offsets[perm] * [-1, 1]
+    sq = point_squares(FACE, spec.crop, spec.refine.patch)[0]
+    a = math.radians(sq.angle)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    assert np.allclose(out[0], FACE + sq.side * (0.5 * (offsets + back)) @ rot.T, atol=1e-4)
+    x, _ = point_patches(grey, FACE, spec.crop, spec.refine.patch, spec.input)
+    mirrored = np.array([[grey.shape[1] - 1 - FACE[k, 0], FACE[k, 1]] for k in perm])
+    xm, _ = point_patches(np.ascontiguousarray(grey[:, ::-1]), mirrored, spec.crop, spec.refine.patch, spec.input)
+    assert np.abs(mirror_patches(x[None], perm)[0] - xm).mean() < 0.02

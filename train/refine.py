@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facemtl.runtime.mirror import mirror_permutation
 from facemtl.runtime.preprocess import canonical_square, from_patches, patch_targets, point_patches
+from facemtl.runtime.refine import mirror_offsets, mirror_patches
 from facemtl.runtime.spec import REGRESSION, HeadSpec, InputSpec, ModelSpec, RefineSpec, contract_id
 
 logger = logging.getLogger(__name__)
@@ -177,7 +179,7 @@ def point_distance_loss(y_true, y_pred):
 
 
 def examples(images, truth: np.ndarray, first: np.ndarray, spec: ModelSpec, rng=None,
-             sigma: np.ndarray | None = None, flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             sigma: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs (M, S, S, K), targets (M, 2K) and patch matrices (M, K, 2, 3) for faces
     `images[m]` with `truth[m]` and first-stage `first[m]` landmarks ((M, K, 2) pixels). With
     `rng` and `sigma` ((K, 2), face-square units), the first-stage points are jittered first."""
@@ -196,6 +198,26 @@ def examples(images, truth: np.ndarray, first: np.ndarray, spec: ModelSpec, rng=
     return x, y, mats
 
 
+def mirror_examples(x: np.ndarray, y: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The same examples for the mirror images of the faces, as the runtime's flip averaging
+    makes them (`facemtl.runtime.refine.mirror_patches`): patches flipped, twins swapped, x of
+    each target negated."""
+    perm = list(mirror_permutation(spec.landmark_names))
+    k = len(perm)
+    return mirror_patches(x, perm), mirror_offsets(y.reshape(len(y), k, 2), perm).reshape(len(y), -1)
+
+
+def predict_offsets(model, x: np.ndarray, spec: ModelSpec, flip_average: bool = False) -> np.ndarray:
+    """(M, 2K) answers of a Keras refinement model, flip-averaged as the runtime does."""
+    y = model.predict(x, batch_size=512, verbose=0)[spec.heads[0].name]
+    if not flip_average:
+        return y
+    perm = list(mirror_permutation(spec.landmark_names))
+    ym = model.predict(mirror_patches(x, perm), batch_size=512, verbose=0)[spec.heads[0].name]
+    back = mirror_offsets(ym.reshape(len(ym), len(perm), 2), perm).reshape(len(ym), -1)
+    return 0.5 * (y + back)
+
+
 def refined_points(offsets: np.ndarray, mats: np.ndarray) -> np.ndarray:
     """(M, 2K) model outputs and (M, K, 2, 3) patch matrices -> (M, K, 2) image pixels."""
     k = mats.shape[1]
@@ -211,9 +233,11 @@ def load_cache(cache) -> dict:
 
 def fit_refine(cache, out, data_dir, epochs: int = 20, batch: int = 128, lr: float = 2e-3, seed: int = 0,
                width: int = 24, patch: float = PATCH, size: int = PATCH_SIZE, jitter: str = "matched",
-               first_model=None, log=logger.info) -> dict:
+               mirror: bool = False, select_flip: bool = False, first_model=None, log=logger.info) -> dict:
     """Train a refinement model on a `first_stage_cache` file; writes model.keras, spec.json
-    and train.json to `out`. `jitter`: "matched" (see the module doc) or "none"."""
+    and train.json to `out`. `jitter`: "matched" (see the module doc) or "none". `mirror`:
+    each epoch, a random half of the examples is mirrored (`mirror_examples`). `select_flip`:
+    the epoch kept is the one with the lowest flip-averaged validation NME (else plain)."""
     import keras
 
     from facemtl.runtime.analyzer import load_model
@@ -252,30 +276,36 @@ def fit_refine(cache, out, data_dir, epochs: int = 20, batch: int = 128, lr: flo
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         xt, yt, _ = examples([grey[f] for f in face[tr]], truth[tr], first[tr], spec, rng, sigma)
+        if mirror:
+            flip = rng.random(len(xt)) < 0.5
+            xt[flip], yt[flip] = mirror_examples(xt[flip], yt[flip], spec)
         t1 = time.perf_counter()
         h = model.fit(xt, {"landmarks": yt}, batch_size=batch, epochs=1, verbose=0, shuffle=True)
-        pred = model.predict(xv, batch_size=512, verbose=0)["landmarks"]
-        v = float(nme(refined_points(pred, mv), truth[va]).mean())
-        history.append({"epoch": epoch, "loss": float(h.history["loss"][-1]), "val_nme": v,
+        v = float(nme(refined_points(predict_offsets(model, xv, spec), mv), truth[va]).mean())
+        vf = float(nme(refined_points(predict_offsets(model, xv, spec, True), mv), truth[va]).mean())
+        history.append({"epoch": epoch, "loss": float(h.history["loss"][-1]), "val_nme": v, "val_nme_flip": vf,
                         "patch_s": round(t1 - t0, 1), "fit_s": round(time.perf_counter() - t1, 1)})
-        log(f"epoch {epoch}/{epochs}: loss {history[-1]['loss']:.4f}, validation NME {v:.3f} "
-            f"(first stage {nme_first.mean():.3f}); {time.perf_counter() - t0:.0f} s")
-        if v < best:
-            best, best_weights = v, model.get_weights()
+        log(f"epoch {epoch}/{epochs}: loss {history[-1]['loss']:.4f}, validation NME {v:.3f}, flip-averaged "
+            f"{vf:.3f} (first stage {nme_first.mean():.3f}); {time.perf_counter() - t0:.0f} s")
+        if (vf if select_flip else v) < best:
+            best, best_weights = (vf if select_flip else v), model.get_weights()
     model.set_weights(best_weights)
-    pred = model.predict(xv, batch_size=512, verbose=0)["landmarks"]
-    per_face = nme(refined_points(pred, mv), truth[va])
+    per_face = nme(refined_points(predict_offsets(model, xv, spec), mv), truth[va])
+    per_face_flip = nme(refined_points(predict_offsets(model, xv, spec, True), mv), truth[va])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
     spec.save(out / "spec.json")
     result = {
         "cache": str(cache), "first": meta, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "width": width,
-        "patch": patch, "size": size, "jitter": jitter, "sigma": sigma.tolist(), "params": int(model.count_params()),
+        "patch": patch, "size": size, "jitter": jitter, "mirror": mirror, "select_flip": select_flip,
+        "sigma": sigma.tolist(), "params": int(model.count_params()),
         "train_faces": int(len(tr)), "val_faces": int(len(va)), "seconds": round(time.perf_counter() - started, 1),
         "val": {"first_nme": float(nme_first.mean()), "first_failure": float(100 * np.mean(nme_first > 10)),
                 "refined_nme": float(per_face.mean()), "refined_failure": float(100 * np.mean(per_face > 10)),
-                "best_epoch": int(np.argmin([h["val_nme"] for h in history]) + 1)},
+                "refined_flip_nme": float(per_face_flip.mean()),
+                "refined_flip_failure": float(100 * np.mean(per_face_flip > 10)),
+                "best_epoch": int(np.argmin([h["val_nme_flip" if select_flip else "val_nme"] for h in history]) + 1)},
         "history": history,
     }
     (out / "train.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -384,6 +414,8 @@ def main(argv=None) -> int:
     f.add_argument("--size", type=int, default=PATCH_SIZE)
     f.add_argument("--jitter", choices=("matched", "none"), default="matched")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--mirror", action="store_true", help="mirror a random half of the examples each epoch")
+    f.add_argument("--select-flip", action="store_true", help="keep the epoch of the best flip-averaged validation NME")
     v = sub.add_parser("convert", help="export and check a refinement model")
     v.add_argument("model_dir")
     v.add_argument("--data", default=default_data_dir())
@@ -398,7 +430,8 @@ def main(argv=None) -> int:
         first_stage_cache(args.data, args.out, args.model, draws=args.draws, limit=args.limit)
     elif args.cmd == "fit":
         fit_refine(args.cache, args.out, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                   seed=args.seed, width=args.width, patch=args.patch, size=args.size, jitter=args.jitter)
+                   seed=args.seed, width=args.width, patch=args.patch, size=args.size, jitter=args.jitter,
+                   mirror=args.mirror, select_flip=args.select_flip)
     else:
         convert_refine(args.model_dir, args.out, args.cache, args.data, formats=tuple(args.formats.split(",")))
     return 0
