@@ -200,7 +200,8 @@ def point_squares(points: np.ndarray, policy: CropPolicy, patch: float) -> list[
     every patch of a face has the same size and upright orientation whatever the face's roll."""
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     angle = eye_angle(p)
-    side = patch * canonical_square(p, policy).side
+    # at least a pixel: points collapsed onto one (a broken first stage) must not divide by 0
+    side = max(patch * canonical_square(p, policy).side, 1.0)
     return [Square(float(x), float(y), side, angle) for x, y in p]
 
 

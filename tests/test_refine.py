@@ -258,3 +258,10 @@ def test_flip_averaged_refinement_is_the_mean_of_straight_and_mirrored_answers(t
     mirrored = np.array([[grey.shape[1] - 1 - FACE[k, 0], FACE[k, 1]] for k in perm])
     xm, _ = point_patches(np.ascontiguousarray(grey[:, ::-1]), mirrored, spec.crop, spec.refine.patch, spec.input)
     assert np.abs(mirror_patches(x[None], perm)[0] - xm).mean() < 0.02
+
+
+def test_collapsed_points_give_finite_patches():
+    spec = _refine_spec(calibrated_spec())
+    grey = np.random.default_rng(5).integers(0, 256, (60, 80), dtype=np.uint8)
+    x, mats = point_patches(grey, np.full((5, 2), 30.0), spec.crop, spec.refine.patch, spec.input)
+    assert np.isfinite(x).all() and np.isfinite(mats).all()
