@@ -255,7 +255,7 @@ def load_teacher(cfg: TrainConfig, tr, spec: ModelSpec):
     cache = Path(cfg.teacher_cache) if cfg.teacher_cache else cache_path(teacher, Path(cfg.out), cfg.teacher_flip)
     started = time.time()
     targets = teacher_targets(teacher, tr, spec, cache, flip=cfg.teacher_flip)
-    info = {"model": str(teacher), "cache": str(cache), "flip_average": cfg.teacher_flip,
+    info = {"model": str(teacher), "cache": str(cache), "flip_average": cfg.teacher_flip, "faces": len(targets),
             "computed_seconds": round(targets.seconds, 1), "seconds_this_session": round(time.time() - started, 1),
             "sha256": targets.meta.get("sha256", ""), "distill_weight": cfg.distill_weight,
             "temperature": cfg.temperature}
