@@ -174,3 +174,21 @@ def test_train_with_a_teacher_caches_its_targets_once(tiny_mtfl, tmp_path):
     with pytest.raises(ValueError, match="--crop-scale"):
         train(TrainConfig(data=tiny_mtfl, out=tmp_path / "runs" / "c", epochs=1, width=8, verbose=0, limit=48,
                           teacher=str(teacher), crop_scale=4.0))
+
+
+def test_warm_start_copies_the_layers_a_smaller_pool_shares():
+    from facemtl.train.finetune import warm_start
+    from facemtl.train.model import build_model
+
+    teacher = build_model(default_spec(), width=8)  # flatten + Dense
+    student = build_model(default_spec(), width=8, pool="gdc")
+    before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in student.layers}
+    copied, kept = warm_start(student, teacher)
+    assert {"stem_conv", "block1_dw", "block5_pw_bn", "landmarks", "pose"} <= set(copied)
+    assert {"gdc_pw", "gdc_dw"} <= set(kept) and "features_dense" not in copied + kept
+    for name in copied:
+        for a, b in zip(student.get_layer(name).get_weights(), teacher.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    for name in kept:
+        for a, b in zip(student.get_layer(name).get_weights(), before[name]):
+            np.testing.assert_array_equal(a, b)

@@ -141,6 +141,9 @@ def register_train(sub) -> None:
                    help="share of each head's loss that is the teacher's term, 0..1 (default %(default)s)")
     p.add_argument("--temperature", type=float, default=d.temperature,
                    help="softens both models' class probabilities in the teacher's term (default %(default)s)")
+    p.add_argument("--warm-start", type=Path,
+                   help="start every layer that has the same name and weight shapes in this model.keras from its "
+                        "weights (e.g. a teacher's stem and blocks under a smaller --pool); the rest as new")
     p.add_argument("--calibrate", default="haar", help="detectors to calibrate after training (comma list; '' for none)")
     p.set_defaults(func=_run_train)
 
@@ -166,7 +169,7 @@ def _run_train(args) -> int:
         balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, crop_scale=args.crop_scale, input_size=args.input_size,
         limit=args.limit, teacher=str(args.teacher) if args.teacher else "", teacher_flip=args.teacher_flip,
         teacher_cache=str(args.teacher_cache) if args.teacher_cache else "", distill_weight=args.distill_weight,
-        temperature=args.temperature,
+        temperature=args.temperature, warm_start=str(args.warm_start) if args.warm_start else "",
     )
     try:
         result = train(cfg)

@@ -74,4 +74,7 @@ class TrainConfig:
     teacher_cache: str = ""                # cache file (default: OUT/../teachers/<teacher>-<sha>.npz)
     distill_weight: float = 0.5            # each head's loss: (1 - w) x labels + w x teacher (DistillLoss)
     temperature: float = 2.0               # softens both models' class probabilities in the teacher's term
+    # a trained model.keras whose layers of the same name and shapes start this run's model
+    # (e.g. the teacher's stem and blocks under a smaller pool); unlike `init`, the options here build the model
+    warm_start: str = ""
     verbose: int = 1

@@ -83,6 +83,24 @@ def rebuild_with(base, spec: ModelSpec):
     return model
 
 
+def warm_start(model, source) -> tuple[list[str], list[str]]:
+    """Copy into `model` the weights of every layer of `source` with the same name and the
+    same weight shapes (a teacher's stem and blocks into a student with a smaller pool, say);
+    every other layer keeps Keras's initialisers. Returns (copied, kept) layer names."""
+    known = {layer.name: layer for layer in source.layers}
+    copied, kept = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        other = known.get(layer.name)
+        if other is not None and [tuple(w.shape) for w in other.weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(other.get_weights())
+            copied.append(layer.name)
+        else:
+            kept.append(layer.name)
+    return copied, kept
+
+
 def freeze(model, spec: ModelSpec, mode: str, trained_heads: set[str]) -> list[str]:
     """Make the trunk untrainable (`mode` "trunk"), and always the heads no training face
     labels: their loss is 0, but weight decay would still shrink them. Returns the frozen

@@ -240,6 +240,20 @@ def _build_for_multiworker(model, dataset) -> None:
     model.test_step = as_vectors(model.test_step)
 
 
+def warm_start_from(model, path: str) -> dict:
+    """Copy the layers of `path` (a model.keras) that `model` has by name and shapes."""
+    from facemtl.train.finetune import warm_start
+    from facemtl.train.model import load_model
+
+    if not Path(path).exists():
+        raise RunError(f"--warm-start {path}: no such file")
+    copied, kept = warm_start(model, load_model(path))
+    if not copied:
+        raise RunError(f"--warm-start {path}: no layer of the same name and shapes to copy")
+    log.info("warm start from %s: %d layers copied, %d initialised (%s)", path, len(copied), len(kept), ", ".join(kept))
+    return {"model": str(path), "copied": copied, "initialised": kept}
+
+
 def load_teacher(cfg: TrainConfig, tr, spec: ModelSpec):
     """(the teacher's targets for the training faces `tr`, what train.json records of them):
     read from the cache or computed once and cached (facemtl.train.distill)."""
@@ -332,6 +346,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     val_ds = make_dataset(val_source, batch, shuffle=False, cache=True)
 
     steps = math.ceil(len(tr) / batch)
+    warm_info = {}
+    if cfg.warm_start and base is not None:
+        raise RunError("--warm-start builds the model from the options here; --init keeps the file's: give one")
     with strategy.scope():
         if base is not None:
             model = rebuild_with(base, spec)
@@ -339,6 +356,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             model = build_model(spec, trunk=cfg.trunk, width=cfg.width, dropout=cfg.dropout, activation=cfg.activation,
                                 depth=cfg.depth, first_block=cfg.first_block, head_hidden=cfg.head_hidden,
                                 stem=cfg.stem, features=cfg.features, pool=cfg.pool)
+            if cfg.warm_start:
+                warm_info = warm_start_from(model, cfg.warm_start)
         frozen = freeze(model, spec, cfg.freeze, trained)
         if frozen:
             log.info("frozen: %d layers (%s)", len(frozen), ", ".join(frozen[:6]) + (", ..." if len(frozen) > 6 else ""))
@@ -407,6 +426,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                      "train_labels": s.train.faces.label_counts(), "skipped": len(s.problems)} for s in sources],
         "frozen_layers": len(frozen),
         **({"teacher": teacher_info} if teacher_info else {}),
+        **({"warm_start": warm_info} if warm_info else {}),
         "replicas": int(strategy.num_replicas_in_sync),
         "skipped": skipped,
         "config": config_json,
