@@ -136,15 +136,21 @@ def roll_face(face: np.ndarray, points: np.ndarray, degrees: float, policy: Crop
     return turned, points @ m[:, :2].T + m[:, 2]
 
 
-def make_frames(data: Path, split: str, out: Path, count: int | None, seed: int, poses: str | None = None,
-                roll: float = 0.0) -> None:
-    paths, points = read_landmark_file(data / f"{split}.txt", data)
-    index = np.arange(len(paths))
+def _pick(data: Path, split: str, n: int, count: int | None, poses: str | None) -> np.ndarray:
+    """Indices of the split's faces to use: those of the MTFL `poses` (e.g. "1,2,4,5"; all
+    when None), `count` of them spread over the split."""
+    index = np.arange(n)
     if poses:
         want = {int(p) for p in poses.split(",")}
         lines = [f for f in (ln.split() for ln in (data / f"{split}.txt").read_text().splitlines()) if f]
         index = np.array([i for i, f in enumerate(lines) if int(f[-1]) in want])
-    keep = index[spread_subset(len(index), count)]
+    return index[spread_subset(len(index), count)]
+
+
+def make_frames(data: Path, split: str, out: Path, count: int | None, seed: int, poses: str | None = None,
+                roll: float = 0.0) -> None:
+    paths, points = read_landmark_file(data / f"{split}.txt", data)
+    keep = _pick(data, split, len(paths), count, poses)
     out.mkdir(parents=True, exist_ok=True)
     policy = FRAME_SQUARE
     records = []
@@ -189,10 +195,12 @@ def tight_crop(image: np.ndarray, pts: np.ndarray, side: int = TIGHT_SIDE, span:
     return crop, pts @ m[:, :2].T + m[:, 2]
 
 
-def make_tight(data: Path, split: str, out: Path, count: int | None, span: float = 2.0) -> None:
-    """`tight_crop` of every face of a split (or `count` spread over it), with frames.json."""
+def make_tight(data: Path, split: str, out: Path, count: int | None, span: float = 2.0,
+               poses: str | None = None) -> None:
+    """`tight_crop` of every face of a split (or `count` spread over it, of `poses` only),
+    with frames.json."""
     paths, points = read_landmark_file(data / f"{split}.txt", data)
-    keep = spread_subset(len(paths), count)
+    keep = _pick(data, split, len(paths), count, poses)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for n, i in enumerate(keep):
@@ -209,27 +217,78 @@ def make_tight(data: Path, split: str, out: Path, count: int | None, span: float
     print(f"wrote {len(records)} tight {TIGHT_SIDE}x{TIGHT_SIDE} crops to {out}")
 
 
-def tune_tight(frames_dir: Path, detectors: list[str], pads: list[float], limit: int | None) -> dict:
-    """Found rate of each detector on tight crops for each `pad_small` (0 = no retry on a
-    padded copy), by `found_face`'s rule; and the time per crop. For choosing PAD_SMALL on
-    training crops (report the testing crops, never tune on them)."""
+def make_background(data: Path, split: str, out: Path, count: int | None) -> None:
+    """64x64 crops of the split's photographs that hold no face: the largest square corner of
+    each photograph clear of its face square (with a 15% margin), when at least 32 px on a
+    side. Real photographic content for counting false detections on small images."""
+    paths, points = read_landmark_file(data / f"{split}.txt", data)
+    keep = _pick(data, split, len(paths), count, None)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in keep:
+        image = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        sq = canonical_square(points[i].astype(np.float64), FRAME_SQUARE)
+        h, w = image.shape[:2]
+        x0, y0 = sq.cx - 0.65 * sq.side, sq.cy - 0.65 * sq.side
+        x1, y1 = sq.cx + 0.65 * sq.side, sq.cy + 0.65 * sq.side
+        # the free band on each side of the face square, as a square crop at its corner
+        bands = [(0, 0, int(min(x0, h))), (int(x1), 0, int(min(w - x1, h))),
+                 (0, 0, int(min(y0, w))), (0, int(y1), int(min(h - y1, w)))]
+        x, y, side = max(bands, key=lambda b: b[2])
+        if side < 32:
+            continue
+        name = f"{len(names):05d}.png"
+        crop = image[y:y + side, x:x + side]
+        cv2.imwrite(str(out / name), cv2.resize(crop, (TIGHT_SIDE, TIGHT_SIDE), interpolation=cv2.INTER_AREA))
+        names.append(name)
+    (out / "frames.json").write_text(json.dumps({"split": split, "background": True, "files": names}) + "\n")
+    print(f"wrote {len(names)} face-free {TIGHT_SIDE}x{TIGHT_SIDE} crops to {out}")
+
+
+def tune_tight(frames_dirs: list[Path], detectors: list[str], chains: list[tuple[float, ...]], limit: int | None,
+               background: Path | None = None, thresholds: list[float | None] = (None,),
+               scales: list[float] = (1.0,)) -> dict:
+    """Found rate of each detector on tight crops for each chain of `pad_small` paddings
+    (() = no retry on a padded copy), by `found_face`'s rule, per folder; the time per crop;
+    and, with `background` (a `make-background` folder), the share of face-free crops in
+    which something was found. For choosing PAD_SMALL on training crops (report the testing
+    crops, never tune on them)."""
     from facemtl.runtime.detectors import create_detector
 
-    frames = load_frames(frames_dir, limit)
-    images = [(cv2.imread(str(p), cv2.IMREAD_COLOR), truth) for p, truth in frames]
+    sets = {}
+    for folder in frames_dirs:
+        sets[folder.name] = [(cv2.imread(str(p), cv2.IMREAD_COLOR), truth) for p, truth in load_frames(folder, limit)]
+    empty = []
+    if background:
+        files = json.loads((background / "frames.json").read_text())["files"]
+        empty = [cv2.imread(str(background / f), cv2.IMREAD_COLOR) for f in files[:limit]]
     out = {}
     for spec in detectors:
-        for pad in pads:
+        for chain, threshold, scale in [(c, t, k) for c in chains for t in thresholds for k in scales]:
             det = create_detector(spec, max_side=None)
-            det.pad_small = pad
-            found = 0
-            t0 = time.perf_counter()
-            for image, truth in images:
-                faces = [{"box": d.box} for d in det.detect(image)]
-                found += found_face(faces, truth, FRAME_SQUARE) is not None
-            ms = 1000 * (time.perf_counter() - t0) / len(images)
-            out[f"{spec} pad {pad}"] = {"found_rate": round(100.0 * found / len(images), 2), "ms_per_crop": round(ms, 2)}
-            print(spec, pad, json.dumps(out[f"{spec} pad {pad}"]), flush=True)
+            det.pad_small = chain
+            key = f"{spec} pads {'/'.join(map(str, chain)) or 0}"
+            if threshold is not None:  # YuNet's score threshold for the padded retry
+                det.small_score_threshold = threshold
+                key += f" retry score {threshold}"
+            if scale != 1.0:
+                det.small_scale = scale
+                key += f" retry scale {scale}"
+            row, n, t = {}, 0, 0.0
+            for name, images in sets.items():
+                t0 = time.perf_counter()
+                found = sum(found_face([{"box": d.box} for d in det.detect(image)], truth, FRAME_SQUARE) is not None
+                            for image, truth in images)
+                t += time.perf_counter() - t0
+                n += len(images)
+                row[name] = round(100.0 * found / len(images), 2)
+            row["ms_per_crop"] = round(1000 * t / max(n, 1), 2)
+            if empty:
+                row["false_found_rate"] = round(100.0 * sum(bool(det.detect(im)) for im in empty) / len(empty), 2)
+            out[key] = row
+            print(key, json.dumps(row), flush=True)
     return out
 
 
@@ -633,10 +692,22 @@ def main() -> None:
     tc.add_argument("--out", required=True, type=Path)
     tc.add_argument("--count", type=int, default=None, help="crops (default: one per face of the split)")
     tc.add_argument("--span", type=float, default=2.0, help="crop side in eye-to-mouth distances (default 2.0)")
+    tc.add_argument("--poses", default=None, help="only faces of these MTFL poses, e.g. 1,2,4,5 (turned heads)")
+    mb = sub.add_parser("make-background", help="write 64x64 face-free crops of the split's photographs")
+    mb.add_argument("--data", default=os.environ.get("FACEMTL_DATA", str(HERE.parent.parent / "shared" / "data" / "mtfl")))
+    mb.add_argument("--split", default="training", choices=["testing", "training"])
+    mb.add_argument("--out", required=True, type=Path)
+    mb.add_argument("--count", type=int, default=None)
     tt = sub.add_parser("tune-tight", help="found rate on tight crops per detector and padding (pad_small)")
-    tt.add_argument("--frames", required=True, type=Path, help="a make-tight folder (of training faces, to choose)")
+    tt.add_argument("--frames", required=True, type=Path, nargs="+",
+                    help="make-tight folders (of training faces, to choose)")
     tt.add_argument("--detectors", default="yunet,haar")
-    tt.add_argument("--pads", default="0,0.25,0.5,1.0")
+    tt.add_argument("--pads", default="0,0.25,0.5,1.0",
+                    help="comma-separated chains of paddings tried in turn, e.g. 0.25,0.25/0.5 (0 = none)")
+    tt.add_argument("--retry-scores", default=None,
+                    help="YuNet: comma-separated score thresholds for the padded retry (default: its threshold)")
+    tt.add_argument("--retry-scales", default="1", help="comma-separated scales of the padded retry's copy")
+    tt.add_argument("--background", type=Path, default=None, help="a make-background folder: false detections")
     tt.add_argument("--limit", type=int, default=None)
     tt.add_argument("--json", default=None)
     ti = sub.add_parser("tune-image", help="IMAGE mode: YuNet detection size x passes x flip averaging")
@@ -672,16 +743,22 @@ def main() -> None:
     if args.cmd == "make":
         make_frames(Path(args.data), args.split, args.out, args.count, args.seed, args.poses, args.roll)
     elif args.cmd == "make-tight":
-        make_tight(Path(args.data), args.split, args.out, args.count, args.span)
+        make_tight(Path(args.data), args.split, args.out, args.count, args.span, args.poses)
     elif args.cmd == "tune-image":
         sizes = [int(v) or None for v in args.sizes.split(",")]
         r = tune_image(args.frames, args.model, sizes, args.limit)
         if args.json:
             Path(args.json).write_text(json.dumps({"frames_dir": str(args.frames), "results": r}, indent=2) + "\n")
     elif args.cmd == "tune-tight":
-        r = tune_tight(args.frames, args.detectors.split(","), [float(v) for v in args.pads.split(",")], args.limit)
+        chains = [tuple(float(p) for p in c.split("/") if float(p)) for c in args.pads.split(",")]
+        thresholds = [float(v) for v in args.retry_scores.split(",")] if args.retry_scores else [None]
+        scales = [float(v) for v in args.retry_scales.split(",")]
+        r = tune_tight(args.frames, args.detectors.split(","), chains, args.limit, args.background, thresholds, scales)
         if args.json:
-            Path(args.json).write_text(json.dumps({"frames_dir": str(args.frames), "results": r}, indent=2) + "\n")
+            Path(args.json).write_text(json.dumps({"frames_dirs": [str(f) for f in args.frames], "results": r},
+                                                  indent=2) + "\n")
+    elif args.cmd == "make-background":
+        make_background(Path(args.data), args.split, args.out, args.count)
     elif args.cmd == "measure":
         run_measure(args)
     else:

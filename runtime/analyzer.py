@@ -74,10 +74,13 @@ class FaceAnalyzerOptions:
         pixels; "auto" is the detector's default for the running mode (YuNet: 320 in IMAGE mode,
         480 in VIDEO mode; Haar 288, haar:video 240; none: full size), None always detects at
         full size. At 320, faces under about 40 pixels between the eyes in a 640x480 frame
-        start to be missed: give None for photographs of groups or distant faces.
+        start to be missed: an image in which nothing is found is detected again at full size
+        (`detection_retry_full`), but in a group photograph where one face is found the small
+        ones stay missed: give None for photographs of groups or distant faces.
     detection_retry_full: where nothing is found on the downscaled copy, detect again at full
-        size (only images without a found face pay for it). None (the default): the running
-        mode's setting (`RETRY_FULL`).
+        size (only images without a found face pay for it). None (the default): on in IMAGE
+        mode, off in VIDEO mode (`RETRY_FULL`; a scene without faces would pay a full-size
+        detection at every detection frame).
     min_detection_score: drop detections scoring below this (0..1).
     max_faces: analyse at most this many faces per frame, best scores first (None: all).
     num_threads: interpreter threads.
@@ -433,9 +436,11 @@ def _detector_for_mode(detector, mode: RunningMode):
 # IMAGE: chosen on training frames with passes and flip averaging (docs/experiments.md, run 41);
 # VIDEO: 320 lost small faces, which 480 keeps (run 39).
 YUNET_SIZE = {RunningMode.IMAGE: 320, RunningMode.VIDEO: 480}
-# Detect again at full size where nothing was found on the downscaled copy (run 51). Never in
+# Detect again at full size where nothing was found on the downscaled copy: IMAGE mode, chosen
+# on training frames (docs/experiments.md, run 51: found 99.8% -> 100% of turned heads, for
+# less time than detecting at 480). Never in
 # VIDEO mode: a scene without faces would pay a full-size detection at every detection frame.
-RETRY_FULL = {RunningMode.IMAGE: False, RunningMode.VIDEO: False}
+RETRY_FULL = {RunningMode.IMAGE: True, RunningMode.VIDEO: False}
 
 
 def _detection_size(detector, max_side, mode: RunningMode):

@@ -59,7 +59,7 @@ def register_predict(sub) -> None:
                         "(default: YuNet 320, Haar 288; 0 finds smaller faces in big photographs, at more cost)")
     p.add_argument("--detect-retry", action=argparse.BooleanOptionalAction, default=None,
                    help="where nothing is found on the downscaled copy, detect again at full size "
-                        "(default: on for YuNet's 320)")
+                        "(default: on; only images without a found face pay for it)")
     p.add_argument("--max-pixels", type=_max_pixels, default=None, metavar="N",
                    help="refuse an image of more than N pixels, read from its header before decoding "
                         "(an error line; default 50000000, every phone photo; 0 = no limit, for trusted input)")

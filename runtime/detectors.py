@@ -87,33 +87,65 @@ class Detector:
 
     `image` is uint8 grey (H, W) or BGR (H, W, 3); subclasses convert as they need.
     `max_side`: detect on a copy downscaled so its longer side is at most this many pixels
-    (boxes come back in full-frame pixels); None detects at full size.
+    (boxes come back in full-frame pixels); None detects at full size. `retry_full`: where
+    nothing is found on that copy, detect again at full size. `pad_small`: the paddings (a
+    fraction of the longer side) tried in turn on a small image in which nothing was found,
+    on a copy scaled by `small_scale` (docs/experiments.md, runs 40, 50 and 53).
     """
 
     name = ""
 
-    def __init__(self, max_side: int | None = None, pad_small: float = PAD_SMALL):
+    def __init__(self, max_side: int | None = None, pad_small: float | Sequence[float] = PAD_SMALL,
+                 retry_full: bool = False, small_scale: float = 1.0):
         if max_side is not None and max_side < 32:
             raise DetectorError(f"max_side={max_side} is too small; use at least 32 pixels or None")
-        if not 0.0 <= pad_small <= 2.0:
-            raise DetectorError(f"pad_small must be in 0..2 (a fraction of the image side), got {pad_small}")
         self.max_side = max_side
         self.pad_small = pad_small
+        if not 0.5 <= small_scale <= 4.0:
+            raise DetectorError(f"small_scale must be in 0.5..4, got {small_scale}")
+        self.retry_full = bool(retry_full)
+        self.small_scale = float(small_scale)
+
+    @property
+    def pad_small(self) -> tuple[float, ...]:
+        """The paddings tried in turn on a small image in which nothing was found (() = none)."""
+        return self._pads
+
+    @pad_small.setter
+    def pad_small(self, pads: float | Sequence[float]) -> None:
+        pads = (pads,) if isinstance(pads, (int, float)) else tuple(pads)
+        if not all(0.0 <= p <= 2.0 for p in pads):
+            raise DetectorError(f"pad_small must be in 0..2 (a fraction of the image side), got {pads}")
+        self._pads = tuple(float(p) for p in pads if p)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         small, k = _downscale(image, self.max_side)
         found = self._detect(small)
-        if not found and self.pad_small and max(small.shape[:2]) <= SMALL_IMAGE:
+        if not found and k != 1.0 and self.retry_full:
+            # faces too small for the downscaled copy: the whole frame's cost, paid only by
+            # images in which nothing was found (IMAGE mode's default, `retry_full`)
+            small, k = image, 1.0
+            found = self._detect(small)
+        if not found and self._pads and max(small.shape[:2]) <= SMALL_IMAGE:
             found = self._detect_padded(small)
         return found if k == 1.0 else [_rescale(d, k) for d in found]
 
     def _detect_padded(self, image: np.ndarray) -> list[Detection]:
         """A small image in which nothing was found may be one tight face crop, whose face
         touches the borders: detectors need some context around a face. Detect again on the
-        image with `pad_small` x its longer side of replicated border on every side."""
-        pad = max(1, round(self.pad_small * max(image.shape[:2])))
-        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        return [_shift(d, -pad) for d in self._detect(padded)]
+        image with each `pad_small` x its longer side of replicated border on every side, in
+        turn, until something is found."""
+        for p in self._pads:
+            pad = max(1, round(p * max(image.shape[:2])))
+            padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            if self.small_scale != 1.0:
+                big = cv2.resize(padded, None, fx=self.small_scale, fy=self.small_scale, interpolation=cv2.INTER_LINEAR)
+                found = [_rescale(d, 1.0 / self.small_scale) for d in self._detect(big)]
+            else:
+                found = self._detect(padded)
+            if found:
+                return [_shift(d, -pad) for d in found]
+        return []
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
         raise NotImplementedError
@@ -408,9 +440,11 @@ class YuNetDetector(Detector):
         top_k: int = 100,
         max_side: int | None = None,
         from_landmarks: bool = True,
-        pad_small: float = PAD_SMALL,
+        pad_small: float | Sequence[float] = PAD_SMALL,
+        retry_full: bool = False,
+        small_score_threshold: float | None = None,
     ):
-        super().__init__(max_side, pad_small)
+        super().__init__(max_side, pad_small, retry_full)
         path = PACKAGED_YUNET if path is None else Path(path)
         if not path.is_file():
             raise DetectorError(f"YuNet model {path} does not exist; pass the path of a YuNet .onnx file "
@@ -423,10 +457,24 @@ class YuNetDetector(Detector):
             self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, top_k)
         except cv2.error as e:
             raise DetectorError(f"{path}: OpenCV cannot load it as a YuNet model ({str(e).strip().splitlines()[-1]})") from None
+        if small_score_threshold is not None and not 0.0 <= small_score_threshold <= 1.0:
+            raise DetectorError(f"small_score_threshold must be in 0..1, got {small_score_threshold}")
         self.path = path
         self.score_threshold = score_threshold
+        self.small_score_threshold = score_threshold if small_score_threshold is None else small_score_threshold
         self.from_landmarks = from_landmarks
         self._size: tuple[int, int] | None = None
+
+    def _detect_padded(self, image: np.ndarray) -> list[Detection]:
+        # the padded retry of a small image may take a lower score: such an image is most
+        # likely one face crop (`small_score_threshold`)
+        if self.small_score_threshold == self.score_threshold:
+            return super()._detect_padded(image)
+        self._net.setScoreThreshold(self.small_score_threshold)
+        try:
+            return super()._detect_padded(image)
+        finally:
+            self._net.setScoreThreshold(self.score_threshold)
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
         bgr = _as_bgr(image)

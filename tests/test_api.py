@@ -43,6 +43,24 @@ def test_options_are_checked_when_made_and_never_change():
             FaceAnalyzerOptions(**bad)
 
 
+def test_image_mode_detects_again_at_full_size_where_the_small_copy_finds_nothing():
+    """IMAGE mode's default (run 51): a face too small for YuNet's 320 copy of a big frame is
+    found by the full-size retry; VIDEO mode does not retry; both can be set."""
+    image = _face_image()
+    frame = np.full((1440, 1920, 3), 127, np.uint8)  # the face 1/8 of its size in a big grey frame
+    small = cv2.resize(image, None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA)
+    frame[700:700 + small.shape[0], 900:900 + small.shape[1]] = small
+    assert FaceAnalyzerOptions().detection_retry_full is True
+    assert FaceAnalyzerOptions(running_mode="video").detection_retry_full is False
+    found = {}
+    for retry in (False, True):
+        with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(detection_retry_full=retry)) as a:
+            found[retry] = a.analyze(frame).faces
+    assert found[False] == [] and len(found[True]) == 1
+    x, y, w, h = found[True][0].box
+    assert 900 <= x + w / 2 <= 900 + small.shape[1] and 700 <= y + h / 2 <= 700 + small.shape[0]
+
+
 def _face_image():
     """A real MTFL test face, the whole image being the face (detector "none")."""
     from conftest import MTFL

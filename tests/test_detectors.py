@@ -360,3 +360,57 @@ def test_nothing_found_in_a_small_image_retries_padded_and_only_then():
     assert calls == [(300, 300)]
     calls.clear()
     assert Sees(pad_small=0.25).detect(np.zeros((40, 300, 3), np.uint8)) == [] and calls == [(40, 300)]
+
+
+class _SeesAbove(D.Detector):
+    """Finds one face, in the middle, only in images whose shorter side exceeds `need`."""
+
+    def __init__(self, need, **kw):
+        super().__init__(**kw)
+        self.need, self.calls = need, []
+
+    def _detect(self, image):
+        self.calls.append(image.shape[:2])
+        h, w = image.shape[:2]
+        return [D.Detection((w / 4, h / 4, w / 2, h / 2), 0.9, "none")] if min(h, w) > self.need else []
+
+
+def test_retry_full_detects_at_full_size_only_where_the_downscaled_copy_found_nothing():
+    frame = np.zeros((480, 640, 3), np.uint8)
+    det = _SeesAbove(300, max_side=320, retry_full=True)  # the 320x240 copy finds nothing
+    found = det.detect(frame)
+    assert det.calls == [(240, 320), (480, 640)]
+    assert len(found) == 1 and found[0].box == (160.0, 120.0, 320.0, 240.0)  # full-size pixels, not rescaled twice
+    det = _SeesAbove(200, max_side=320, retry_full=True)  # found on the copy: no second detection
+    assert det.detect(frame)[0].box == (160.0, 120.0, 320.0, 240.0) and det.calls == [(240, 320)]
+    det = _SeesAbove(300, max_side=320)  # off: nothing
+    assert det.detect(frame) == [] and det.calls == [(240, 320)]
+
+
+def test_pad_chain_tries_each_padding_in_turn_until_one_finds_a_face():
+    det = _SeesAbove(100, pad_small=(0.25, 0.5, 1.0))  # 64 -> 96 (no), 128 (yes); 1.0 never tried
+    found = det.detect(np.zeros((64, 64, 3), np.uint8))
+    assert det.calls == [(64, 64), (96, 96), (128, 128)]
+    assert found[0].box == (0.0, 0.0, 64.0, 64.0)  # 128/4 - 32 of padding
+    with pytest.raises(D.DetectorError, match="pad_small"):
+        D.Detector(pad_small=(0.25, 3.0))
+
+
+def test_small_scale_retries_on_an_enlarged_copy_and_maps_back():
+    det = _SeesAbove(150, small_scale=2.0)  # 64 + 2*16 = 96, enlarged to 192: found
+    found = det.detect(np.zeros((64, 64, 3), np.uint8))
+    assert det.calls == [(64, 64), (192, 192)]
+    assert found[0].box == (8.0, 8.0, 48.0, 48.0)
+
+
+def test_yunet_small_score_threshold_applies_to_the_padded_retry_only(mtfl_dir):
+    from facemtl.runtime.mtfl import read_annotations
+
+    ann = read_annotations(mtfl_dir / "training.txt", mtfl_dir)
+    crop, _ = _tight(cv2.imread(str(ann.root / ann.paths[0])), ann.points[0].astype(np.float64), 1.8)
+    low = D.YuNetDetector(small_score_threshold=0.05)
+    scores = [d.score for d in low._detect_padded(crop)]
+    assert [s for s in scores if s >= 0.6] == [d.score for d in D.YuNetDetector()._detect_padded(crop)]
+    assert min(scores) < 0.6  # a box only the lower threshold lets through
+    assert low._net.getScoreThreshold() == pytest.approx(0.6)  # restored after the retry
+    assert D.YuNetDetector(pad_small=0.25)._detect(np.zeros((64, 64, 3), np.uint8)) == []
