@@ -76,6 +76,21 @@ def model_spec(model, model_path: Path) -> tuple[ModelSpec, str]:
     return spec, source
 
 
+def _refuse_refinement(model_path: Path) -> None:
+    """A refinement stage (its spec.json has `refine`) takes patches, not MTFL crops: it has
+    its own conversion, checked on the first stage's answers."""
+    from facemtl.runtime.spec import SpecError
+
+    sibling = model_path.with_name("spec.json")
+    try:
+        refine = sibling.is_file() and ModelSpec.load(sibling).refine is not None
+    except SpecError:
+        return  # model_spec() reports it
+    if refine:
+        raise ConvertError(f"{model_path} is a refinement stage (its spec.json has 'refine'); convert it with "
+                           "`python -m facemtl.train.refine convert DIR --cache CACHE --out OUT`")
+
+
 def _stage(out_dir: Path, fmt: Format) -> Path:
     path = out_dir / STAGING_DIR / fmt.file_name()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +116,7 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
         raise ConvertError("no formats requested")
     if opts.calibration < 0:
         raise ConvertError("--calibration must be >= 0")
+    _refuse_refinement(model_path)
     try:
         model = load_model(model_path)
     except KerasFileError as e:

@@ -265,3 +265,12 @@ def test_collapsed_points_give_finite_patches():
     grey = np.random.default_rng(5).integers(0, 256, (60, 80), dtype=np.uint8)
     x, mats = point_patches(grey, np.full((5, 2), 30.0), spec.crop, spec.refine.patch, spec.input)
     assert np.isfinite(x).all() and np.isfinite(mats).all()
+
+
+def test_facemtl_convert_points_a_refinement_stage_to_its_own_conversion(tmp_path):
+    from facemtl.convert.run import ConvertError, convert_model
+
+    _refine_spec(calibrated_spec()).save(tmp_path / "spec.json")
+    (tmp_path / "model.keras").write_bytes(b"not read")
+    with pytest.raises(ConvertError, match="facemtl.train.refine convert"):
+        convert_model(tmp_path / "model.keras", tmp_path / "out", tmp_path)
