@@ -92,10 +92,11 @@ class FaceAnalyzerOptions:
         of a tracked frame's cost).
     refine: run the refinement stage after the last pass (`facemtl.runtime.refine`): a second,
         small model looks at a patch of the frame around each landmark, at the frame's own
-        resolution, and moves the point; in both running modes. None (the default): on where
-        the model has a refinement stage to pair with (the packaged model has one; see
-        `facemtl.runtime.refine.DEFAULT_ON`), off otherwise. True: on, and an error if there is
-        none. False: off. With `flip_average` the refinement is flip-averaged too.
+        resolution, and moves the point; in both running modes. None (the default): in IMAGE
+        mode on where the model has a refinement stage to pair with (the packaged model has
+        one; see `facemtl.runtime.refine.DEFAULT_ON`), off otherwise; off in VIDEO mode, where
+        with many faces it halves the frame rate. True: on, and an error if there is none.
+        False: off. With `flip_average` the refinement is flip-averaged too.
     refine_model_path: the refinement file (written by `python -m facemtl.train.refine
         convert`) to run with `model_path`'s model; None: the packaged one, for the packaged
         model. A file trained after another first model is refused.
@@ -401,7 +402,11 @@ def _load_refiner(options: FaceAnalyzerOptions, backend, spec: ModelSpec):
     from facemtl.runtime.backends import load_backend
     from facemtl.runtime.refine import DEFAULT_ON, Refiner, packaged_refine_path
 
-    if options.refine is False or (options.refine is None and not DEFAULT_ON and options.refine_model_path is None):
+    # VIDEO mode leaves it off unless asked: there the model time is most of a tracked frame's
+    # cost, and with eight faces the refinement halved the frame rate (709 -> 349 FPS, under
+    # issue 18's 500; docs/experiments.md, issue 23)
+    default_on = DEFAULT_ON and options.running_mode == RunningMode.IMAGE
+    if options.refine is False or (options.refine is None and not default_on and options.refine_model_path is None):
         return None
     path = options.refine_model_path
     packaged = options.model_path is None and options.model_buffer is None

@@ -191,6 +191,20 @@ def test_refine_options_fail_clearly(tmp_path):
         assert a.refine_model_path is None
 
 
+def test_the_packaged_refinement_is_on_by_default_in_image_mode_only():
+    """IMAGE mode pairs the packaged model with its refinement file unless told not to; VIDEO
+    mode (many tracked faces a frame) runs it only when asked."""
+    from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
+
+    def refine_path(**kw):
+        with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(detector="none", **kw)) as a:
+            return a.refine_model_path
+
+    assert refine_path() is not None and refine_path(refine=False) is None
+    assert refine_path(running_mode="video") is None
+    assert refine_path(running_mode="video", refine=True) == refine_path()
+
+
 # --- training, a handful of steps -------------------------------------------------------------------
 
 def test_cache_fit_and_convert_on_a_small_folder(tiny_mtfl, tmp_path):

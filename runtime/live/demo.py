@@ -14,6 +14,7 @@ not come back ends the run (exit 1) with the summary so far.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -89,6 +90,9 @@ def add_arguments(p) -> None:
     m.add_argument("--max-faces", type=int, default=None, metavar="N", help="follow at most N faces")
     m.add_argument("--min-score", type=float, default=0.0, metavar="S", help="drop detections scoring below S")
     m.add_argument("--flip-average", action="store_true", help=FLIP_AVERAGE_HELP)
+    m.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="the landmark refinement stage (default: off while tracking, where it halves the "
+                        "frame rate with many faces; on with --no-track)")
     o = p.add_argument_group("outputs (any number; none: just the summary)")
     o.add_argument("--show", action="store_true", help="a window (needs OpenCV with a GUI, and a display)")
     o.add_argument("--serve", nargs="?", const="127.0.0.1:8080", default=None, metavar="HOST:PORT",
@@ -156,7 +160,7 @@ def build_analyzer(args, tracking: bool):
         model_path=args.model, detector=args.detector, detection_max_side=max_side,
         min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
         running_mode=RunningMode.VIDEO if tracking else RunningMode.IMAGE, tracking=opts,
-        flip_average=args.flip_average))
+        flip_average=args.flip_average, refine=args.refine))
 
 
 def analysis_stages(result, elapsed_ms: float) -> dict[str, float]:
