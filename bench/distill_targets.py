@@ -30,6 +30,11 @@ def nme(a: np.ndarray, b: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return 100 * np.linalg.norm(a - b, axis=-1).mean(-1) / np.maximum(iod, 1e-6)
 
 
+def softmax(z: np.ndarray, temperature: float) -> np.ndarray:
+    e = np.exp(z / temperature - (z / temperature).max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", type=Path, default=Path("models/default/model.keras"))
@@ -85,8 +90,7 @@ def main() -> None:
     for h in [h for h in spec.heads if h.kind != "regression"]:
         tc, tl = t[:, k:k + h.units], live[h.name]
         k += h.units
-        p = lambda z: np.exp(z / 2 - (z / 2).max(1, keepdims=True)) / np.exp(z / 2 - (z / 2).max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
-        kl = (p(tl) * (np.log(p(tl)) - np.log(p(tc)))).sum(1)
+        kl = (softmax(tl, 2.0) * (np.log(softmax(tl, 2.0)) - np.log(softmax(tc, 2.0)))).sum(1)
         col = src.columns[h.name]
         out[h.name] = {"argmax_agree": float((tc.argmax(1) == tl.argmax(1)).mean()),
                        "cached_accuracy": float((tc.argmax(1) == a[:, col]).mean()),

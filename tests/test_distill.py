@@ -91,7 +91,7 @@ def test_teacher_targets_ride_each_augmented_crop_with_the_labels(loaded, flip):
     teacher = TeacherTargets(face_keys(loaded.faces), loaded.faces.points.copy(), logits, spec)
     src = FaceSource(loaded, spec, Augment(flip=flip), seed=3, teacher=teacher)
     idx = np.arange(n)
-    x, y, a, w, t = src.distill_batch(idx, idx + 7)
+    x, y, a, _, t = src.distill_batch(idx, idx + 7)
     np.testing.assert_allclose(y[:, 10:], y[:, :10], atol=1e-5)
     k = 0
     for h in [h for h in spec.heads if h.kind != "regression"]:

@@ -12,7 +12,7 @@ jitter, light and blur change no face's gender, smile, glasses or pose. That cos
 teacher one pass over the faces (cached in a file keyed by the teacher file and the crop
 policy) instead of one pass per batch, and it leaves the training time of the student what it
 is without a teacher. What it gives up: the teacher's answer to the particular augmented
-crop (docs/experiments.md, run 44, measures how far the two are apart).
+crop (docs/experiments.md, run 45, and `bench/distill_targets.py` measure how far the two are apart).
 """
 
 from __future__ import annotations
@@ -170,12 +170,11 @@ def cache_path(teacher: Path, out: Path, flip: bool) -> Path:
 def teacher_targets(teacher: Path, data, student: ModelSpec, cache: Path, flip: bool = False) -> TeacherTargets:
     """The teacher's targets for the faces of `data` (`LoadedFaces`), in its order: read from
     `cache` when it holds this teacher's outputs for these faces, else computed and written there."""
-    from facemtl.runtime.spec import ModelSpec as _Spec
     from facemtl.train.model import load_model
 
     model = load_model(teacher)
     spec_file = Path(teacher).with_name("spec.json")
-    tspec = _Spec.load(spec_file) if spec_file.exists() else model.model_spec
+    tspec = ModelSpec.load(spec_file) if spec_file.exists() else model.model_spec
     check_compatible(tspec, student)
     key = teacher_key(Path(teacher), tspec, flip)
     keys = face_keys(data.faces)
