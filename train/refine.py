@@ -198,6 +198,40 @@ def examples(images, truth: np.ndarray, first: np.ndarray, spec: ModelSpec, rng=
     return x, y, mats
 
 
+def cascade_cache(cache, out, data_dir, refine_model, flip_average: bool = True, log=logger.info) -> dict:
+    """A cache for the next cascade level: `cache`'s framings with the answers of a refinement
+    file (`refine_model`, run as IMAGE mode runs it: flip-averaged) in place of the first
+    stage's. `fit` on it trains a refiner of those answers; `meta["refined_by"]` names the file."""
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.refine import Refiner
+    from facemtl.train.mtfl import load_images, load_split
+
+    c = load_cache(cache)
+    ann = load_split(data_dir, "training")
+    index = {p: i for i, p in enumerate(ann.paths)}
+    grey = load_images(ann.subset(np.array([index[p] for p in c["paths"]]))).images
+    backend = load_backend(refine_model, threads=1)
+    refiner = Refiner(backend, flip_average=flip_average)
+    if backend.spec.refine.first != c["meta"]["contract"]:
+        raise ValueError(f"{refine_model} refines another first model than {cache}'s")
+    t0 = time.perf_counter()
+    face, first, truth, val = c["face"], c["first"], c["truth"], c["val"]
+    answers = np.stack([refiner(grey[f], p[None])[0][0] for f, p in zip(face, first)])
+    seconds = time.perf_counter() - t0
+    refiner.close()
+    meta = {**c["meta"], "refined_by": str(refine_model), "refine_flip_average": flip_average,
+            "refine_seconds": round(seconds, 1),
+            "before": {"train_nme": c["meta"]["train_nme"], "val_nme": c["meta"]["val_nme"]},
+            "train_nme": float(nme(answers[~val], truth[~val]).mean()),
+            "val_nme": float(nme(answers[val], truth[val]).mean())}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, face=face, first=answers, truth=truth, val=val, paths=c["paths"], meta=json.dumps(meta))
+    log(f"{refine_model} on {len(face)} framings in {seconds:.1f} s: NME {meta['train_nme']:.3f} (training part), "
+        f"{meta['val_nme']:.3f} (validation part) -> {out}")
+    return meta
+
+
 def mirror_examples(x: np.ndarray, y: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """The same examples for the mirror images of the faces, as the runtime's flip averaging
     makes them (`facemtl.runtime.refine.mirror_patches`): patches flipped, twins swapped, x of
@@ -402,6 +436,11 @@ def main(argv=None) -> int:
     c.add_argument("--model", default=None, help="the first stage's file (default: the packaged model)")
     c.add_argument("--draws", type=int, default=2, help="framings per training-part face")
     c.add_argument("--limit", type=int, default=0)
+    k = sub.add_parser("cascade", help="a cache of a refinement file's answers, for the next cascade level")
+    k.add_argument("--data", default=default_data_dir())
+    k.add_argument("--cache", required=True)
+    k.add_argument("--refine-model", required=True)
+    k.add_argument("--out", required=True)
     f = sub.add_parser("fit", help="train a refinement model on a cache")
     f.add_argument("--data", default=default_data_dir())
     f.add_argument("--cache", required=True)
@@ -428,6 +467,8 @@ def main(argv=None) -> int:
         p.error("no data folder: pass --data DIR or set $FACEMTL_DATA")
     if args.cmd == "cache":
         first_stage_cache(args.data, args.out, args.model, draws=args.draws, limit=args.limit)
+    elif args.cmd == "cascade":
+        cascade_cache(args.cache, args.out, args.data, args.refine_model)
     elif args.cmd == "fit":
         fit_refine(args.cache, args.out, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
                    seed=args.seed, width=args.width, patch=args.patch, size=args.size, jitter=args.jitter,
