@@ -23,7 +23,7 @@ from facemtl.runtime.analyzer import PACKAGED_MODELS, load_model
 from facemtl.runtime.backends import load_backend
 from facemtl.runtime.core import InferenceCore, landmark_square, size_anchor
 from facemtl.runtime.preprocess import canonical_square
-from facemtl.runtime.refine import Refiner, packaged_refine_path
+from facemtl.runtime.refine import Cascade, Refiner, packaged_refine_paths
 
 
 def main() -> None:
@@ -31,13 +31,14 @@ def main() -> None:
     p.add_argument("--frames", type=Path, required=True)
     p.add_argument("--faces", type=int, default=300)
     p.add_argument("--model", default=None, help="first stage (default: packaged)")
-    p.add_argument("--refine-model", default=None, help="refinement file (default: packaged)")
+    p.add_argument("--refine-model", nargs="+", default=None,
+                   help="refinement files, level 1 first (default: the packaged cascade)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     backend = load_model(args.model, threads=1)
-    rpath = args.refine_model or packaged_refine_path(PACKAGED_MODELS, backend.path)
-    refiner = Refiner(load_backend(rpath, threads=1), backend.spec, flip_average=True)
+    rpaths = args.refine_model or packaged_refine_paths(PACKAGED_MODELS, backend.path)
+    refiner = Cascade([Refiner(load_backend(p, threads=1), backend.spec, flip_average=True) for p in rpaths])
     core = InferenceCore(backend.run, backend.spec, flip_average=True)
     policy = backend.spec.crop
     meta = json.loads((args.frames / "frames.json").read_text())["frames"][: args.faces]
@@ -64,7 +65,7 @@ def main() -> None:
     fastest = dict(zip(keys, per.min(axis=0).mean(axis=0).round(4).tolist()))
     for d in (mean, fastest):
         d["model_all_stages"] = round(d["first_model"] + d["refine_model"], 4)
-    report = {"first": str(backend.path), "refine": str(rpath), "faces": len(frames), "repeats": args.repeat,
+    report = {"first": str(backend.path), "refine": [str(p) for p in rpaths], "faces": len(frames), "repeats": args.repeat,
               "passes": 2, "flip_average": True, "threads": 1, "load_average": [round(v, 2) for v in os.getloadavg()],
               "ms_per_face": mean, "ms_per_face_fastest_repeat": fastest}
     print(json.dumps(report, indent=2))

@@ -400,7 +400,7 @@ def _load_refiner(options: FaceAnalyzerOptions, backend, spec: ModelSpec):
     required. A refinement file trained after another first model is an error when asked for
     by name or by refine=True."""
     from facemtl.runtime.backends import load_backend
-    from facemtl.runtime.refine import DEFAULT_ON, Refiner, packaged_refine_path
+    from facemtl.runtime.refine import DEFAULT_ON, Cascade, Refiner, packaged_refine_paths
 
     # VIDEO mode leaves it off unless asked: there the model time is most of a tracked frame's
     # cost, and with eight faces the refinement halved the frame rate (709 -> 349 FPS, under
@@ -410,22 +410,34 @@ def _load_refiner(options: FaceAnalyzerOptions, backend, spec: ModelSpec):
         return None
     path = options.refine_model_path
     packaged = options.model_path is None and options.model_buffer is None
+    paths = [path] if path is not None else []
     if path is None and packaged:
-        path = packaged_refine_path(PACKAGED_MODELS, getattr(backend, "path", None))
-    if path is None:
+        # the packaged cascade: level 1, then level 2 where the install has it
+        paths = packaged_refine_paths(PACKAGED_MODELS, getattr(backend, "path", None))
+    if not paths:
         if options.refine:
             where = ("this facemtl install has no packaged refinement file" if packaged
                      else "give refine_model_path (--refine-model) for a model other than the packaged one")
             raise SpecError(f"refine=True but there is no refinement stage: {where}")
         return None
+    stages = []
     try:
-        rb = load_backend(path, threads=options.num_threads)
-    except ImportError as e:
-        raise SpecError(f"{path}: {e}") from None
-    try:
-        return Refiner(rb, first_spec=spec, flip_average=bool(options.flip_average))
+        for p in paths:
+            try:
+                rb = load_backend(p, threads=options.num_threads)
+            except ImportError as e:
+                raise SpecError(f"{p}: {e}") from None
+            try:
+                stages.append(Refiner(rb, first_spec=spec, flip_average=bool(options.flip_average)))
+            except SpecError:
+                rb.close()
+                raise
+        if len(stages) == 1 and stages[0].level == 1:
+            return stages[0]
+        return Cascade(stages)
     except SpecError:
-        rb.close()
+        for r in stages:
+            r.close()
         raise
 
 

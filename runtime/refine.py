@@ -27,8 +27,10 @@ from facemtl.runtime.spec import REGRESSION, ModelSpec, contract_id
 # model: set by the rule of docs/experiments.md (run 44), measured on training frames.
 DEFAULT_ON = True
 
-# The packaged refinement stage, beside the packaged first stage: int8 TFLite, else float ONNX.
+# The packaged refinement stage, beside the packaged first stage: int8 TFLite, else float ONNX;
+# and its second cascade level (run after it, where present), in the same two kinds.
 REFINE_MODEL_FILES = ("facemtl_refine_int8.tflite", "facemtl_refine_fp32.onnx")
+REFINE2_MODEL_FILES = ("facemtl_refine2_int8.tflite", "facemtl_refine2_fp32.onnx")
 
 
 class Refiner:
@@ -81,10 +83,44 @@ class Refiner:
         out = np.stack([from_patches(o, m) for o, m in zip(offsets, mats)])
         return out, 1000 * (t1 - t0), 1000 * (t2 - t1)
 
+    @property
+    def level(self) -> int:
+        return self.spec.refine.level
+
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
         if close:
             close()
+
+
+class Cascade:
+    """Refinement levels run in turn, each from the last one's answers (level 1 from the first
+    stage's): a drop-in for one `Refiner` (same call, times summed; `path` is level 1's)."""
+
+    def __init__(self, stages: list[Refiner]):
+        levels = [r.level for r in stages]
+        if not stages or levels != list(range(1, len(stages) + 1)):
+            raise SpecError(f"a refinement cascade runs levels 1, 2, ... in order; these files are levels {levels}")
+        self.stages = list(stages)
+
+    @property
+    def path(self) -> Path | None:
+        return self.stages[0].path
+
+    @property
+    def paths(self) -> list[Path | None]:
+        return [r.path for r in self.stages]
+
+    def __call__(self, frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float, float]:
+        crop_ms = infer_ms = 0.0
+        for r in self.stages:
+            points, c, i = r(frame, points)
+            crop_ms, infer_ms = crop_ms + c, infer_ms + i
+        return points, crop_ms, infer_ms
+
+    def close(self) -> None:
+        for r in self.stages:
+            r.close()
 
 
 def mirror_patches(x: np.ndarray, perm) -> np.ndarray:
@@ -116,4 +152,15 @@ def packaged_refine_path(models: Path, first_path: Path | None) -> Path | None:
     return present[0]
 
 
-__all__ = ["DEFAULT_ON", "Refiner", "mirror_offsets", "mirror_patches", "REFINE_MODEL_FILES", "packaged_refine_path"]
+def packaged_refine_paths(models: Path, first_path: Path | None) -> list[Path]:
+    """The packaged cascade for the packaged first model: level 1 (`packaged_refine_path`), then
+    level 2 of the same kind where the install has one; [] without a level 1."""
+    one = packaged_refine_path(models, first_path)
+    if one is None:
+        return []
+    two = [models / n for n in REFINE2_MODEL_FILES if (models / n).is_file() and (models / n).suffix == one.suffix]
+    return [one] + two[:1]
+
+
+__all__ = ["DEFAULT_ON", "Cascade", "Refiner", "mirror_offsets", "mirror_patches", "REFINE_MODEL_FILES",
+           "REFINE2_MODEL_FILES", "packaged_refine_path", "packaged_refine_paths"]

@@ -248,16 +248,23 @@ class RefineSpec:
     channel per landmark (`InputSpec.size` pixels square, each patch standardised on its own);
     its regression head answers, per point, where the point is in its own patch: (x, y) in
     patch units with 0 at the patch centre (the first stage's answer).
+
+    `level`: the place in the cascade. 1 refines the first stage's answers; 2 was trained on
+    the answers of the packaged level 1 after the same first stage, and runs after it
+    (`facemtl.runtime.refine.Cascade`).
     """
 
     first: str
     patch: float = 0.3
     first_name: str = ""
+    level: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.first, str) or not self.first:
             raise SpecError(f"refine.first must name the first stage's contract, got {self.first!r}")
         _number("refine.patch", self.patch, positive=True, maximum=4.0)
+        if isinstance(self.level, bool) or not isinstance(self.level, int) or not 1 <= self.level <= 8:
+            raise SpecError(f"refine.level must be a cascade level from 1 to 8, got {self.level!r}")
 
 
 def contract_id(spec: "ModelSpec") -> str:

@@ -149,6 +149,38 @@ def test_refiner_moves_each_point_by_its_answer_and_refuses_another_first_model(
         Refiner(load_backend(write_constant_onnx(tmp_path / "first.onnx", first)))
 
 
+def test_a_cascade_runs_level_two_from_level_ones_answers_and_refuses_levels_out_of_order(tmp_path):
+    """Level 2 (a smaller patch) cuts its patches around level 1's answers, not the first
+    stage's: with constant answers, the two moves add up as two Refiners run by hand; a level
+    2 file alone, or levels out of order, is refused (by `Cascade` and by the analyzer)."""
+    from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.refine import Cascade, Refiner
+
+    first = calibrated_spec()
+    one, two = _refine_spec(first), _refine_spec(first, patch=0.15)
+    two = two.replace(refine=dataclasses.replace(two.refine, level=2))
+    assert ModelSpec.from_json(two.to_json()).refine.level == 2 and one.refine.level == 1
+    p1 = write_constant_refine(tmp_path / "r1.onnx", one, np.tile([0.1, -0.05], 5))
+    p2 = write_constant_refine(tmp_path / "r2.onnx", two, np.tile([-0.2, 0.1], 5))
+    grey = np.random.default_rng(6).integers(0, 256, (240, 320), dtype=np.uint8)
+    r1, r2 = Refiner(load_backend(p1), first), Refiner(load_backend(p2), first)
+    by_hand = r2(grey, r1(grey, FACE[None])[0])[0]
+    out, crop_ms, infer_ms = Cascade([r1, r2])(grey, FACE[None])
+    assert np.allclose(out, by_hand) and crop_ms > 0 and infer_ms > 0
+    # the second move is half the first's size (patch 0.15 against 0.3) and opposite in sign
+    assert np.allclose(out, FACE[None], atol=1e-3)
+    with pytest.raises(SpecError, match="levels"):
+        Cascade([r2])
+    with pytest.raises(SpecError, match="levels"):
+        Cascade([r2, r1])
+    with pytest.raises(SpecError, match="levels"):
+        FaceAnalyzer.create_from_options(FaceAnalyzerOptions(
+            model_path=write_constant_onnx(tmp_path / "first.onnx", first), detector="none", refine_model_path=p2))
+    with pytest.raises(SpecError, match="refine.level"):
+        RefineSpec("abc", level=0)
+
+
 @pytest.mark.parametrize("mode", ["image", "video"])
 def test_analyzer_refines_in_both_modes(tmp_path, mode):
     """The same face through refine on and off: every landmark moves by the refinement file's

@@ -134,15 +134,16 @@ def matched_jitter(first: np.ndarray, truth: np.ndarray, val: np.ndarray, policy
 
 # --- 2. the refinement model ----------------------------------------------------------------
 
-def refine_spec(first_spec: ModelSpec, patch: float = PATCH, size: int = PATCH_SIZE, first_name: str = "") -> ModelSpec:
-    """The refinement stage's contract for a first stage's."""
+def refine_spec(first_spec: ModelSpec, patch: float = PATCH, size: int = PATCH_SIZE, first_name: str = "",
+                level: int = 1) -> ModelSpec:
+    """The refinement stage's contract for a first stage's (`level` 2: run after level 1)."""
     k = len(first_spec.landmark_names)
     head = HeadSpec("landmarks", REGRESSION, 2 * k, loss_weight=1.0, tolerance=0.15,
                     description="per point: the true point in its own patch, (x, y) patch units from the centre")
     return ModelSpec(input=InputSpec(size=size, channels=k, min_std=first_spec.input.min_std),
                      crop=first_spec.crop.__class__(scale=first_spec.crop.scale, shift_y=first_spec.crop.shift_y),
                      heads=(head,), landmark_names=first_spec.landmark_names, trunk="refine",
-                     refine=RefineSpec(contract_id(first_spec), patch, first_name))
+                     refine=RefineSpec(contract_id(first_spec), patch, first_name, level))
 
 
 def build_refine_model(spec: ModelSpec, width: int = 24, hidden: int = 128, dropout: float = 0.1):
@@ -219,7 +220,8 @@ def cascade_cache(cache, out, data_dir, refine_model, flip_average: bool = True,
     answers = np.stack([refiner(grey[f], p[None])[0][0] for f, p in zip(face, first)])
     seconds = time.perf_counter() - t0
     refiner.close()
-    meta = {**c["meta"], "refined_by": str(refine_model), "refine_flip_average": flip_average,
+    meta = {**c["meta"], "refined_by": str(refine_model), "refined_by_level": backend.spec.refine.level,
+            "refine_flip_average": flip_average,
             "refine_seconds": round(seconds, 1),
             "before": {"train_nme": c["meta"]["train_nme"], "val_nme": c["meta"]["val_nme"]},
             "train_nme": float(nme(answers[~val], truth[~val]).mean()),
@@ -285,7 +287,9 @@ def fit_refine(cache, out, data_dir, epochs: int = 20, batch: int = 128, lr: flo
     backend.close()
     if contract_id(first_spec) != meta["contract"]:
         raise ValueError(f"{cache} was made with another first model ({meta['model']})")
-    spec = refine_spec(first_spec, patch, size, first_name=Path(meta["model"]).name)
+    # a cache of a refinement level's answers (`cascade`) trains the next level
+    spec = refine_spec(first_spec, patch, size, first_name=Path(meta["model"]).name,
+                       level=meta.get("refined_by_level", 1 if "refined_by" in meta else 0) + 1)
     ann = load_split(data_dir, "training")
     paths = list(c["paths"])
     index = {p: i for i, p in enumerate(ann.paths)}
