@@ -153,22 +153,34 @@ def crop(grey: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.nd
     return patch.astype(np.float32), m
 
 
-def crop_region(image: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`preprocess.crop` of `square` from a BGR or grey frame, converting only the region the
-    square covers to grey. Same pixels as cropping the whole grey frame: the region holds the
-    square and the bilinear margin, and where it is cut by the frame edge, `crop` replicates
-    that edge just as it would on the whole frame. Returns (patch, full-frame crop matrix)."""
-    h, w = image.shape[:2]
+def _region(shape: tuple[int, ...], square: Square) -> tuple[int, int, int, int]:
+    """The frame region (x0, y0, x1, y1) `crop_region` greys for `square`: the square and the
+    bilinear margin, cut by the frame edge."""
+    h, w = shape[:2]
     a = math.radians(square.angle)
     half = square.side / 2 * (abs(math.cos(a)) + abs(math.sin(a))) + 2
     x0 = min(max(int(math.floor(square.cx - half)), 0), w - 1)
     y0 = min(max(int(math.floor(square.cy - half)), 0), h - 1)
     x1 = max(min(int(math.ceil(square.cx + half)) + 1, w), x0 + 1)
     y1 = max(min(int(math.ceil(square.cy + half)) + 1, h), y0 + 1)
+    return x0, y0, x1, y1
+
+
+def _grey_region(image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     roi = image[y0:y1, x0:x1]
-    grey = roi if roi.ndim == 2 else cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY if roi.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if roi.ndim == 2:
+        return roi
+    return cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY if roi.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+
+
+def crop_region(image: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`preprocess.crop` of `square` from a BGR or grey frame, converting only the region the
+    square covers to grey. Same pixels as cropping the whole grey frame: the region holds the
+    square and the bilinear margin, and where it is cut by the frame edge, `crop` replicates
+    that edge just as it would on the whole frame. Returns (patch, full-frame crop matrix)."""
+    x0, y0, x1, y1 = _region(image.shape, square)
     local = Square(square.cx - x0, square.cy - y0, square.side, square.angle)
-    patch, _ = crop(grey, local, size)
+    patch, _ = crop(_grey_region(image, x0, y0, x1, y1), local, size)
     return patch, crop_matrix(square)
 
 
@@ -208,16 +220,35 @@ def point_squares(points: np.ndarray, policy: CropPolicy, patch: float) -> list[
 def point_patches(image: np.ndarray, points: np.ndarray, policy: CropPolicy, patch: float,
                   spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     """The refinement stage's input for one face: a (size, size, K) float32 array, channel k
-    the patch around landmark k cut by `crop_region` (the training crop's code, from a grey,
-    BGR or BGRA frame) and standardised on its own (`normalize`); and the (K, 2, 3) crop
+    the patch around landmark k, standardised on its own (`normalize`); and the (K, 2, 3) crop
     matrices of the patches (image pixels -> patch units). Training (`facemtl.train.refine`)
-    and the runtime (`facemtl.runtime.refine`) both call this."""
+    and the runtime (`facemtl.runtime.refine`) both call this.
+
+    Each patch has, bit for bit, the pixels `crop_region` cuts for its square (from a grey, BGR
+    or BGRA frame), but the K patches are cut together: one grey conversion of the region that
+    holds them all, each patch warped (from its own region, a view of that one) straight into
+    a stack, one area resize of the stack and one standardisation. The patches of a face share
+    side and roll, so they share the intermediate size."""
     squares = point_squares(points, policy, patch)
-    k = len(squares)
-    raw = np.empty((k, spec.size, spec.size), np.float32)
+    k, size = len(squares), spec.size
+    inter = int(min(max(round(squares[0].side), size), _OVERSAMPLE * size))
+    regions = [_region(image.shape, sq) for sq in squares]
+    x0 = min(r[0] for r in regions)
+    y0 = min(r[1] for r in regions)
+    grey = _grey_region(image, x0, y0, max(r[2] for r in regions), max(r[3] for r in regions))
+    stack = np.empty((k * inter, inter), grey.dtype)
     mats = np.empty((k, 2, 3))
-    for i, sq in enumerate(squares):
-        raw[i], mats[i] = crop_region(image, sq, spec.size)
+    for i, (sq, (rx, ry, rx1, ry1)) in enumerate(zip(squares, regions)):
+        mats[i] = crop_matrix(sq)
+        # `crop`'s warp for the square in its own region (crop units u -> pixel u * inter - 0.5)
+        warp = crop_matrix(Square(sq.cx - rx, sq.cy - ry, sq.side, sq.angle)) * inter
+        warp[:, 2] -= 0.5
+        cv2.warpAffine(grey[ry - y0:ry1 - y0, rx - x0:rx1 - x0], warp, (inter, inter), dst=stack[i * inter:(i + 1) * inter],
+                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if inter != size:
+        # the patches' boundaries fall on whole output rows (k x size from k x inter)
+        stack = cv2.resize(stack, (size, k * size), interpolation=cv2.INTER_AREA)
+    raw = stack.reshape(k, size, size).astype(np.float32)
     return np.ascontiguousarray(normalize(raw, spec).transpose(1, 2, 0)), mats
 
 

@@ -99,6 +99,34 @@ def test_patches_are_centred_on_the_points_and_turned_by_the_roll():
     assert np.allclose(from_patches(patch_targets(moved, mats), mats), moved, atol=1e-9)
 
 
+@pytest.mark.parametrize("scale", [0.4, 1.0, 3.0])
+def test_one_face_cut_gives_the_per_patch_crops_bit_for_bit(scale):
+    """`point_patches` cuts a face's five patches in one go (one grey conversion, the warps
+    into one stack, one resize); each patch must be, bit for bit, what `crop_region` cuts for
+    its square alone, from grey, BGR and BGRA frames, small faces (no resize) and large ones
+    (oversampled then resized), and patches cut by the frame edge (replicated border)."""
+    from facemtl.runtime.preprocess import crop_region, normalize
+
+    spec = _refine_spec(calibrated_spec(), size=24)
+    rng = np.random.default_rng(7)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (720, 960, 3), dtype=np.uint8), (5, 5), 1.5)
+    frames = [bgr, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)]
+    faces = [FACE * scale + 40, FACE * scale + [3.0 - FACE[0, 0] * scale, 2.0],  # at the top left edge
+             (FACE - FACE.mean(0)) @ np.array([[0.94, -0.34], [0.34, 0.94]]) * scale + [480.3, 360.7]]  # rolled
+    sides = set()
+    for frame in frames:
+        for points in faces:
+            squares = point_squares(points, spec.crop, spec.refine.patch)
+            sides.add(round(squares[0].side))
+            cuts = [crop_region(frame, sq, spec.input.size) for sq in squares]
+            want = normalize(np.stack([c[0] for c in cuts]), spec.input).transpose(1, 2, 0)
+            x, mats = point_patches(frame, points, spec.crop, spec.refine.patch, spec.input)
+            assert np.array_equal(x, want)
+            assert np.array_equal(mats, np.stack([c[1] for c in cuts]))
+    # the scales cover both branches of `crop`: no resize (side <= 24) and a warp at more pixels
+    assert max(sides) <= 24 if scale < 1 else min(sides) > 24
+
+
 def test_training_and_runtime_cut_the_same_patches(tmp_path):
     """train/serve parity: the examples `facemtl.train.refine` trains on are, bit for bit, what
     the runtime's Refiner feeds the model for the same face, from a BGR frame (the runtime
@@ -235,6 +263,21 @@ def test_the_packaged_refinement_is_on_by_default_in_image_mode_only():
     assert refine_path() is not None and refine_path(refine=False) is None
     assert refine_path(running_mode="video") is None
     assert refine_path(running_mode="video", refine=True) == refine_path()
+
+
+def test_live_bench_refine_flag_turns_the_refinement_on_in_video_mode():
+    """`facemtl bench --live --refine` times VIDEO mode with the refinement (off there by
+    default); no flag leaves each mode's default."""
+    import argparse
+
+    from facemtl.runtime.live.bench import _analyzer, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert [p.parse_args(a).refine for a in ([], ["--refine"], ["--no-refine"])] == [None, True, False]
+    for refine, on in ((None, False), (True, True)):
+        with _analyzer(None, "none", None, 1, True, refine=refine) as a:
+            assert (a.refine_model_path is not None) == on
 
 
 # --- training, a handful of steps -------------------------------------------------------------------
