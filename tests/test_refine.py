@@ -280,6 +280,23 @@ def test_live_bench_refine_flag_turns_the_refinement_on_in_video_mode():
             assert (a.refine_model_path is not None) == on
 
 
+def test_the_packaged_model_runs_both_cascade_levels():
+    """The install packages run 56's level 2 beside run 54's level 1 (docs/experiments.md):
+    wherever the refinement is on with the packaged model, both run, level 1 first, files of
+    the packaged model's kind; level 2's patches are half as wide."""
+    from facemtl.runtime.analyzer import PACKAGED_MODELS, FaceAnalyzer, FaceAnalyzerOptions
+    from facemtl.runtime.refine import Cascade, packaged_refine_paths
+
+    for kw in ({}, {"running_mode": "video", "refine": True}):
+        with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(detector="none", **kw)) as a:
+            r = a._refiner
+            assert isinstance(r, Cascade) and [s.level for s in r.stages] == [1, 2]
+            assert [p.name for p in r.paths] == ["facemtl_refine_int8.tflite", "facemtl_refine2_int8.tflite"]
+            assert r.stages[1].spec.refine.patch == r.stages[0].spec.refine.patch / 2
+    onnx = packaged_refine_paths(PACKAGED_MODELS, PACKAGED_MODELS / "facemtl_fp32.onnx")
+    assert [p.name for p in onnx] == ["facemtl_refine_fp32.onnx", "facemtl_refine2_fp32.onnx"]
+
+
 # --- training, a handful of steps -------------------------------------------------------------------
 
 def test_cache_fit_and_convert_on_a_small_folder(tiny_mtfl, tmp_path):
