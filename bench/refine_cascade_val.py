@@ -38,7 +38,8 @@ def main() -> None:
     truth = c["truth"][va]
     points = c["first"][va].copy()
     e = nme(points, truth)
-    rows = [{"after": "first stage", "nme": round(float(e.mean()), 4), "failure": round(float(100 * np.mean(e > 10)), 3)}]
+    rows = [{"after": "first stage", "nme": round(float(e.mean()), 4),
+             "failure": round(float(100 * np.mean(e > 10)), 3)}]
     for f, r in zip(args.refine_model, stages):
         points = np.stack([r(grey[i], q[None])[0][0] for i, q in zip(c["face"][va], points)])
         e = nme(points, truth)

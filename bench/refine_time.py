@@ -65,7 +65,8 @@ def main() -> None:
     fastest = dict(zip(keys, per.min(axis=0).mean(axis=0).round(4).tolist()))
     for d in (mean, fastest):
         d["model_all_stages"] = round(d["first_model"] + d["refine_model"], 4)
-    report = {"first": str(backend.path), "refine": [str(p) for p in rpaths], "faces": len(frames), "repeats": args.repeat,
+    report = {"first": str(backend.path), "refine": [str(p) for p in rpaths], "faces": len(frames),
+              "repeats": args.repeat,
               "passes": 2, "flip_average": True, "threads": 1, "load_average": [round(v, 2) for v in os.getloadavg()],
               "ms_per_face": mean, "ms_per_face_fastest_repeat": fastest}
     print(json.dumps(report, indent=2))

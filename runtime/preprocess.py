@@ -243,8 +243,8 @@ def point_patches(image: np.ndarray, points: np.ndarray, policy: CropPolicy, pat
         # `crop`'s warp for the square in its own region (crop units u -> pixel u * inter - 0.5)
         warp = crop_matrix(Square(sq.cx - rx, sq.cy - ry, sq.side, sq.angle)) * inter
         warp[:, 2] -= 0.5
-        cv2.warpAffine(grey[ry - y0:ry1 - y0, rx - x0:rx1 - x0], warp, (inter, inter), dst=stack[i * inter:(i + 1) * inter],
-                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        cv2.warpAffine(grey[ry - y0:ry1 - y0, rx - x0:rx1 - x0], warp, (inter, inter),
+                       dst=stack[i * inter:(i + 1) * inter], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if inter != size:
         # the patches' boundaries fall on whole output rows (k x size from k x inter)
         stack = cv2.resize(stack, (size, k * size), interpolation=cv2.INTER_AREA)
