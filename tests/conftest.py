@@ -84,3 +84,14 @@ def write_mtfl(root: Path, n_train: int = 160, n_test: int = 40, seed: int = 0) 
 @pytest.fixture(scope="session")
 def tiny_mtfl(tmp_path_factory) -> Path:
     return write_mtfl(tmp_path_factory.mktemp("mtfl"))
+
+
+@pytest.fixture(scope="session")
+def pi_python(tmp_path_factory) -> Path:
+    """A Python with facemtl (this checkout's wheel) and the Raspberry Pi profile (numpy 1,
+    OpenCV 4.x, tflite-runtime; no TensorFlow), built once per session."""
+    from venvs import PI_PROFILE, build_wheel, make_venv
+
+    work = tmp_path_factory.mktemp("pi-profile")
+    return make_venv(work / "venv", [str(build_wheel(work)), *PI_PROFILE], "the Pi profile")
+

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from runtime_models import ROOT
+from venvs import UNREACHABLE
 
 pytestmark = pytest.mark.arm64
 
@@ -37,9 +38,6 @@ PROFILES = ("litert", "tflite-runtime")
 FRAMES = 50
 DEMO_FRAMES = 100
 PACKAGED = ROOT / "runtime" / "models" / "facemtl_int8.tflite"
-UNREACHABLE = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
-               "Connection refused", "ConnectTimeoutError", "ReadTimeoutError", "Failed to establish a new connection",
-               "No route to host", "Max retries exceeded")
 # decimals `facemtl predict` prints per field (runtime/results.py): a value within 1e-4 may
 # still print one step apart when it sits on a rounding boundary
 PRINT_STEP = {"box": 0.1, "square": 0.1, "landmarks": 0.01, "score": 1e-4, "attributes": 1e-4}

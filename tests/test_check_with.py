@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,6 @@ import pytest
 from convert_fixtures import tiny_model_path
 from facemtl.convert.interpreters import CheckWith, parse_check_with
 from facemtl.runtime.cli import main
-from runtime_models import ROOT
-from test_pi_profile import UNREACHABLE
 
 
 def test_parse_check_with():
@@ -29,30 +25,6 @@ def test_parse_check_with():
                          ("tflite-runtime=", "give the Python")):
         with pytest.raises(ValueError, match=message):
             parse_check_with([bad])
-
-
-@pytest.fixture(scope="module")
-def pi_python(tmp_path_factory) -> Path:
-    """A Python with facemtl (this checkout's wheel), numpy 1 and tflite-runtime: the Pi profile."""
-    work = tmp_path_factory.mktemp("pi-profile")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(work), str(ROOT)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (wheel,) = work.glob("facemtl-*.whl")
-    venv.EnvBuilder(with_pip=True, clear=True).create(work / "venv")
-    py = work / "venv" / "bin" / "python"
-    r = subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--progress-bar", "off",
-                        str(wheel), "numpy<2", "opencv-python-headless<4.12", "tflite-runtime==2.14.*"],
-                       capture_output=True, text=True, timeout=1500)
-    if r.returncode != 0:
-        text = r.stdout + r.stderr
-        if any(s in text for s in UNREACHABLE):
-            pytest.skip("the package index is unreachable: " + text.strip().splitlines()[-1])
-        if "No matching distribution found for tflite-runtime" in text:
-            pytest.skip(f"tflite-runtime 2.14 has no wheel for Python {sys.version_info.major}."
-                        f"{sys.version_info.minor} on this platform")
-        pytest.fail(text[-3000:])
-    return py
 
 
 def _convert(capsys, *args) -> tuple[int, str, str]:

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import venv
 from pathlib import Path
 
 import pytest
 
-from runtime_models import ROOT
-from test_pi_profile import UNREACHABLE
+from venvs import build_wheel, make_venv
 
 pytestmark = pytest.mark.slow
 
@@ -24,21 +21,9 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
 
 
 def test_opencv5_runs_predict_and_the_sample_demo(tmp_path, mtfl_dir):
-    wheels = tmp_path / "wheels"
-    r = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, ROOT],
-            timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (wheel,) = wheels.glob("facemtl-*.whl")
-    env_dir = tmp_path / "cv5"
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    py = env_dir / "bin" / "python"
-    install = run([py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
-                   f"{wheel}[litert,sample]", "opencv-python-headless>=5"], timeout=1500)
-    if install.returncode != 0:
-        text = install.stdout + install.stderr
-        if any(s in text for s in UNREACHABLE):
-            pytest.skip("the package index is unreachable: " + text.strip().splitlines()[-1])
-        pytest.fail("installing facemtl with OpenCV 5 failed:\n" + text[-3000:])
+    wheel = build_wheel(tmp_path / "wheels")
+    py = make_venv(tmp_path / "cv5", [f"{wheel}[litert,sample]", "opencv-python-headless>=5"], "facemtl with OpenCV 5")
+    env_dir = py.parent.parent
     probe = run([py, "-c", "import cv2, json; print(json.dumps({'cv2': cv2.__version__}))"], cwd=tmp_path, timeout=120)
     assert json.loads(probe.stdout)["cv2"].startswith("5."), probe.stdout + probe.stderr
 

@@ -7,22 +7,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import venv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from facemtl.runtime.calibration import read_landmark_file, spread_subset
-from runtime_models import ROOT, calibrated_spec, trained_model
+from runtime_models import calibrated_spec, trained_model
 
 pytestmark = pytest.mark.slow
-
-UNREACHABLE = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
-               "Connection refused", "ConnectTimeoutError", "ReadTimeoutError", "Failed to establish a new connection",
-               "No route to host", "Max retries exceeded")
-
 
 def tflite_model(tmp_path: Path) -> tuple[Path, bool]:
     """(a .tflite model file, whether it is trained). The trained model where one exists;
@@ -48,21 +41,10 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
 
 
-def test_raspberry_pi_profile_runs_predict_without_tensorflow(tmp_path, mtfl_dir):
+def test_raspberry_pi_profile_runs_predict_without_tensorflow(tmp_path, mtfl_dir, pi_python):
     model, trained = tflite_model(tmp_path)
-    env_dir = tmp_path / "pi-venv"
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    py = env_dir / "bin" / "python"
-    install = run([py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
-                   "numpy<2", "tflite-runtime", str(ROOT)], timeout=1500)
-    if install.returncode != 0:
-        text = install.stdout + install.stderr
-        if any(s in text for s in UNREACHABLE):
-            pytest.skip("the package index is unreachable: " + text.strip().splitlines()[-1])
-        if "No matching distribution found for tflite-runtime" in text:
-            pytest.skip(f"tflite-runtime has no wheel for Python {sys.version_info.major}.{sys.version_info.minor} "
-                        "on this platform (Raspberry Pi OS bookworm has Python 3.11)")
-        pytest.fail("installing the Pi profile failed:\n" + text[-3000:])
+    env_dir = pi_python.parent.parent  # the session's Pi-profile environment (conftest.py)
+    py = pi_python
 
     probe = run([py, "-c", (
         "import importlib.util as u, json, numpy, cv2, facemtl.runtime as runtime\n"
