@@ -92,11 +92,14 @@ class FaceAnalyzerOptions:
         of a tracked frame's cost).
     refine: run the refinement stage after the last pass (`facemtl.runtime.refine`): a second,
         small model looks at a patch of the frame around each landmark, at the frame's own
-        resolution, and moves the point; in both running modes. None (the default): in IMAGE
-        mode on where the model has a refinement stage to pair with (the packaged model has
-        one; see `facemtl.runtime.refine.DEFAULT_ON`), off otherwise; off in VIDEO mode, where
-        with many faces it halves the frame rate. True: on, and an error if there is none.
-        False: off. With `flip_average` the refinement is flip-averaged too.
+        resolution, and moves the point; in both running modes. None (the default): on where
+        the model has a refinement stage to pair with (the packaged model has one; see
+        `facemtl.runtime.refine.DEFAULT_ON`), off otherwise. True: on, and an error if there
+        is none. False: off. With `flip_average` the refinement is flip-averaged too.
+    refine_levels: how many levels of the packaged refinement cascade run (1 or 2; each level
+        looks at smaller patches around the last one's answers). None (the default): every
+        level in IMAGE mode, level 1 in VIDEO mode (`REFINE_LEVELS`: a tracked crowd of eight
+        faces stays above 500 FPS with one level, not with two).
     refine_model_path: the refinement file (written by `python -m facemtl.train.refine
         convert`) to run with `model_path`'s model; None: the packaged one, for the packaged
         model. A file trained after another first model is refused.
@@ -120,6 +123,7 @@ class FaceAnalyzerOptions:
     flip_average: bool | None = None
     passes: int = 2
     refine: bool | None = None
+    refine_levels: int | None = None
     refine_model_path: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
@@ -145,6 +149,14 @@ class FaceAnalyzerOptions:
             raise ValueError("refine_model_path given with refine=False; leave refine as None or True to use it")
         if self.detection_retry_full is None:
             object.__setattr__(self, "detection_retry_full", RETRY_FULL[self.running_mode])
+        if self.refine_levels is not None and self.refine_levels not in (1, 2):
+            raise ValueError(f"refine_levels must be 1, 2 or None, got {self.refine_levels}")
+        if self.refine_levels is not None and self.refine is False:
+            raise ValueError("refine_levels given with refine=False; leave refine as None or True to use it")
+        if self.refine_levels == 2 and self.refine_model_path is not None:
+            raise ValueError("refine_levels=2 runs the packaged cascade; a refine_model_path is one level")
+        if self.refine_levels is None:
+            object.__setattr__(self, "refine_levels", REFINE_LEVELS[self.running_mode])
 
 
 def _interpreter_installed(suffix: str) -> bool:
@@ -402,18 +414,14 @@ def _load_refiner(options: FaceAnalyzerOptions, backend, spec: ModelSpec):
     from facemtl.runtime.backends import load_backend
     from facemtl.runtime.refine import DEFAULT_ON, Cascade, Refiner, packaged_refine_paths
 
-    # VIDEO mode leaves it off unless asked: there the model time is most of a tracked frame's
-    # cost, and with eight faces the refinement halved the frame rate (709 -> 349 FPS, under
-    # issue 18's 500; docs/experiments.md, issue 23)
-    default_on = DEFAULT_ON and options.running_mode == RunningMode.IMAGE
-    if options.refine is False or (options.refine is None and not default_on and options.refine_model_path is None):
+    if options.refine is False or (options.refine is None and not DEFAULT_ON and options.refine_model_path is None):
         return None
     path = options.refine_model_path
     packaged = options.model_path is None and options.model_buffer is None
     paths = [path] if path is not None else []
     if path is None and packaged:
         # the packaged cascade: level 1, then level 2 where the install has it
-        paths = packaged_refine_paths(PACKAGED_MODELS, getattr(backend, "path", None))
+        paths = packaged_refine_paths(PACKAGED_MODELS, getattr(backend, "path", None))[: options.refine_levels]
     if not paths:
         if options.refine:
             where = ("this facemtl install has no packaged refinement file" if packaged
@@ -458,6 +466,11 @@ YUNET_SIZE = {RunningMode.IMAGE: 320, RunningMode.VIDEO: 480}
 # less time than detecting at 480). Never in
 # VIDEO mode: a scene without faces would pay a full-size detection at every detection frame.
 RETRY_FULL = {RunningMode.IMAGE: True, RunningMode.VIDEO: False}
+
+# The packaged refinement levels each running mode runs by default (`refine_levels=None`): both
+# in IMAGE mode (run 56); level 1 in VIDEO mode, where a tracked crowd of eight faces keeps
+# above 500 FPS with one level and not with two (docs/experiments.md, run 57).
+REFINE_LEVELS = {RunningMode.IMAGE: 2, RunningMode.VIDEO: 1}
 
 
 def _detection_size(detector, max_side, mode: RunningMode):

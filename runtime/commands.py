@@ -52,6 +52,8 @@ def register_predict(sub) -> None:
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="the refinement stage: a second small model moves each landmark from a patch of the image "
                         "around it (default: on where the model has one, as the packaged model does)")
+    p.add_argument("--refine-levels", type=int, choices=(1, 2), default=None, metavar="N",
+                   help="levels of the packaged refinement cascade to run, 1 or 2 (default: both)")
     p.add_argument("--refine-model", default=None, metavar="FILE",
                    help="the refinement file to run with --model's model (python -m facemtl.train.refine convert)")
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",
@@ -119,6 +121,7 @@ def _analyzer_from_args(args):
             detection_retry_full=args.detect_retry, min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
             flip_average=args.flip_average, passes=args.passes,
             refine=getattr(args, "refine", None), refine_model_path=getattr(args, "refine_model", None),
+            refine_levels=getattr(args, "refine_levels", None),
         )
         return FaceAnalyzer.create_from_options(options)
     except (DetectorError, SpecError, ModelFileError, ValueError) as e:

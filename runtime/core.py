@@ -4,7 +4,7 @@
     out = core(frame, squares)      # out.points (N, K, 2) image pixels, out.probabilities[head] (N, C)
     points, crop_ms, infer_ms = core.refine(frame, out.points)   # the refinement stage, if any
 
-For each square: cut it from the frame (`preprocess.crop_region`: the training crop, with
+For each square: cut it from the frame (`preprocess.frame_crops`: the training crop, with
 only the square's region turned grey), normalise it as training did, run all squares through
 the model in one batch (each also mirrored, and the answers averaged, with flip averaging),
 decode every head (`HeadSpec.decode`), and map the landmarks from crop units to image pixels.
@@ -24,7 +24,7 @@ import numpy as np
 
 from facemtl.runtime.errors import SpecError
 from facemtl.runtime.mirror import flip_averaged
-from facemtl.runtime.preprocess import Square, canonical_square, crop_region, eye_angle, normalize
+from facemtl.runtime.preprocess import Square, canonical_square, eye_angle, frame_crops, normalize
 from facemtl.runtime.spec import REGRESSION, CropPolicy, ModelSpec
 
 Run = Callable[[np.ndarray], dict]  # (N, S, S, C) normalised crops -> {head: (N, units) raw outputs}
@@ -61,10 +61,7 @@ class InferenceCore:
             return CoreOutput(np.zeros((0, 0, 2)), {h.name: np.zeros((0, len(h.labels))) for h in self._classes},
                               np.zeros((0, self._size * self._size), np.float32))
         t0 = time.perf_counter()
-        patches = np.empty((n, self._size, self._size), np.float32)
-        mats = np.empty((n, 2, 3))
-        for i, sq in enumerate(squares):
-            patches[i], mats[i] = crop_region(frame, sq, self._size)
+        patches, mats = frame_crops(frame, squares, self._size)
         batch = normalize(patches, self.spec.input)[..., None]  # all crops at once: per-crop statistics
         t1 = time.perf_counter()
         raw = self._run(batch)

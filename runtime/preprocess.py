@@ -189,8 +189,14 @@ def normalize(patch: np.ndarray, spec: InputSpec) -> np.ndarray:
     x = np.asarray(patch, dtype=np.float32)
     axes = (-2, -1)
     mean = x.mean(axis=axes, keepdims=True)
-    std = np.maximum(x.std(axis=axes, keepdims=True), spec.min_std)
-    return (x - mean) / std
+    # x.std's own arithmetic, step for step (bit for bit the same), on the mean and the
+    # centred crops already at hand instead of computing both again
+    d = x - mean
+    var = np.add.reduce(d * d, axis=axes, keepdims=True)
+    np.true_divide(var, np.intp(x.shape[-1] * x.shape[-2]), out=var, casting="unsafe")
+    std = np.maximum(np.sqrt(var, out=var), spec.min_std, out=var)
+    d /= std
+    return d
 
 
 def prepare(grey: np.ndarray, squares: list[Square], spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -221,35 +227,124 @@ def point_patches(image: np.ndarray, points: np.ndarray, policy: CropPolicy, pat
                   spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     """The refinement stage's input for one face: a (size, size, K) float32 array, channel k
     the patch around landmark k, standardised on its own (`normalize`); and the (K, 2, 3) crop
-    matrices of the patches (image pixels -> patch units). Training (`facemtl.train.refine`)
-    and the runtime (`facemtl.runtime.refine`) both call this.
+    matrices of the patches (image pixels -> patch units). `frame_patches` for one face:
+    training (`facemtl.train.refine`) cuts with this, the runtime with `frame_patches`."""
+    x, mats = frame_patches(image, np.asarray(points, dtype=np.float64).reshape(1, -1, 2), policy, patch, spec)
+    return x[0], mats[0]
+
+
+def frame_patches(image: np.ndarray, points: np.ndarray, policy: CropPolicy, patch: float,
+                  spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """`point_patches` for the N faces of one frame at once: (N, size, size, K) float32 input
+    and (N, K, 2, 3) matrices for (N, K, 2) landmarks.
 
     Each patch has, bit for bit, the pixels `crop_region` cuts for its square (from a grey, BGR
-    or BGRA frame), but the K patches are cut together: one grey conversion of the region that
-    holds them all, each patch warped (from its own region, a view of that one) straight into
-    a stack, one area resize of the stack and one standardisation. The patches of a face share
-    side and roll, so they share the intermediate size."""
-    squares = point_squares(points, policy, patch)
-    k, size = len(squares), spec.size
-    inter = int(min(max(round(squares[0].side), size), _OVERSAMPLE * size))
-    regions = [_region(image.shape, sq) for sq in squares]
-    x0 = min(r[0] for r in regions)
-    y0 = min(r[1] for r in regions)
-    grey = _grey_region(image, x0, y0, max(r[2] for r in regions), max(r[3] for r in regions))
-    stack = np.empty((k * inter, inter), grey.dtype)
-    mats = np.empty((k, 2, 3))
-    for i, (sq, (rx, ry, rx1, ry1)) in enumerate(zip(squares, regions)):
-        mats[i] = crop_matrix(sq)
-        # `crop`'s warp for the square in its own region (crop units u -> pixel u * inter - 0.5)
-        warp = crop_matrix(Square(sq.cx - rx, sq.cy - ry, sq.side, sq.angle)) * inter
-        warp[:, 2] -= 0.5
-        cv2.warpAffine(grey[ry - y0:ry1 - y0, rx - x0:rx1 - x0], warp, (inter, inter),
-                       dst=stack[i * inter:(i + 1) * inter], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    if inter != size:
-        # the patches' boundaries fall on whole output rows (k x size from k x inter)
-        stack = cv2.resize(stack, (size, k * size), interpolation=cv2.INTER_AREA)
-    raw = stack.reshape(k, size, size).astype(np.float32)
-    return np.ascontiguousarray(normalize(raw, spec).transpose(1, 2, 0)), mats
+    or BGRA frame; `point_squares` gives the squares). Only the warps are per patch: each
+    patch's warp reads its own region (`_region`) as a view of its face's one grey region, so
+    the sampling positions are those of `crop`. Everything else runs once per frame over all
+    patches (squares, regions and matrices as arrays, one standardisation) or once per face
+    (the grey conversion, one area resize of the face's stacked patches), because on a
+    tracked crowd the per-patch Python around small arrays cost more than the warps."""
+    p = np.asarray(points, dtype=np.float64)
+    n, k = p.shape[0], p.shape[1]
+    size = spec.size
+    if n == 0:
+        return np.zeros((0, size, size, k), np.float32), np.zeros((0, k, 2, 3))
+    # per face: the eye line's roll and the patch side, as `point_squares` computes them
+    # (scalar maths per face: numpy's vectorised atan2 and summed squares can differ from
+    # math.atan2 and np.vdot in the last bit, and then a warp may sample a pixel differently)
+    eye = p[:, 1] - p[:, 0]
+    rad = [math.radians(math.degrees(math.atan2(dy, dx))) for dx, dy in eye.tolist()]
+    d = p - (p.sum(axis=1) / k)[:, None, :]
+    rms = np.array([math.sqrt(float(np.vdot(di, di)) / k) for di in d])
+    side = np.maximum(patch * (policy.scale * rms), 1.0)
+    c = np.array([math.cos(a) for a in rad])
+    s = np.array([math.sin(a) for a in rad])
+    inters = [int(min(max(round(v), size), _OVERSAMPLE * size)) for v in side]
+    # per patch (face-major): the square's full-frame crop matrix and `_region`
+    c, s, side = np.repeat(c, k), np.repeat(s, k), np.repeat(side, k)
+    cx, cy = p[..., 0].ravel(), p[..., 1].ravel()
+    x0, y0, x1, y1 = _regions(image.shape, cx, cy, side, c, s)
+    mats = _crop_matrices(cx, cy, side, c, s)
+    # `crop`'s warp for each square in its own region (crop units u -> pixel u * inter - 0.5)
+    warps = _crop_matrices(cx - x0, cy - y0, side, c, s) * np.repeat(inters, k)[:, None, None]
+    warps[:, :, 2] -= 0.5
+    raw = np.empty((n * k, size, size), np.uint8)
+    # each face's grey region: the box of its patches' regions
+    fx0, fy0 = x0.reshape(n, k).min(axis=1).tolist(), y0.reshape(n, k).min(axis=1).tolist()
+    fx1, fy1 = x1.reshape(n, k).max(axis=1).tolist(), y1.reshape(n, k).max(axis=1).tolist()
+    x0, y0, x1, y1 = x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist()
+    rows, warps, q = raw.reshape(n * k * size, size), list(warps), 0
+    for i in range(n):
+        inter, fx, fy = inters[i], fx0[i], fy0[i]
+        grey = _grey_region(image, fx, fy, fx1[i], fy1[i])
+        # the face's patches stacked, their boundaries on whole rows of the resized stack too
+        face = rows[i * k * size:(i + 1) * k * size]
+        stack = face if inter == size else np.empty((k * inter, inter), np.uint8)
+        for j in range(0, k * inter, inter):
+            cv2.warpAffine(grey[y0[q] - fy:y1[q] - fy, x0[q] - fx:x1[q] - fx], warps[q], (inter, inter),
+                           stack[j:j + inter], cv2.INTER_LINEAR, cv2.BORDER_REPLICATE)
+            q += 1
+        if inter != size:
+            cv2.resize(stack, (size, k * size), face, 0, 0, cv2.INTER_AREA)
+    x = normalize(raw.astype(np.float32), spec).reshape(n, k, size, size)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)), mats.reshape(n, k, 2, 3)
+
+
+def frame_crops(image: np.ndarray, squares: list[Square], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`crop_region` of every square of one frame: (N, size, size) float32 crops and (N, 2, 3)
+    full-frame crop matrices, bit for bit what N `crop_region` calls give. The squares'
+    regions and matrices are computed as arrays in one go; each square still has its own grey
+    conversion, warp and resize (faces differ in size, so in the warp's intermediate size)."""
+    n = len(squares)
+    if n == 0:
+        return np.zeros((0, size, size), np.float32), np.zeros((0, 2, 3))
+    geo = np.array([(q.cx, q.cy, q.side) for q in squares], dtype=np.float64)
+    cx, cy, side = geo[:, 0], geo[:, 1], geo[:, 2]
+    rad = [math.radians(q.angle) for q in squares]
+    c = np.array([math.cos(a) for a in rad])
+    s = np.array([math.sin(a) for a in rad])
+    x0, y0, x1, y1 = _regions(image.shape, cx, cy, side, c, s)
+    mats = _crop_matrices(cx, cy, side, c, s)
+    inters = [int(min(max(round(v), size), _OVERSAMPLE * size)) for v in side.tolist()]
+    # `crop`'s warp for each square in its own region (crop units u -> pixel u * inter - 0.5)
+    warps = _crop_matrices(cx - x0, cy - y0, side, c, s) * np.array(inters)[:, None, None]
+    warps[:, :, 2] -= 0.5
+    raw = np.empty((n, size, size), np.uint8)
+    for i, (inter, rx0, ry0, rx1, ry1) in enumerate(zip(inters, x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist())):
+        grey = _grey_region(image, rx0, ry0, rx1, ry1)
+        if inter == size:
+            cv2.warpAffine(grey, warps[i], (inter, inter), dst=raw[i], flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        else:
+            big = cv2.warpAffine(grey, warps[i], (inter, inter), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            cv2.resize(big, (size, size), dst=raw[i], interpolation=cv2.INTER_AREA)
+    return raw.astype(np.float32), mats
+
+
+def _regions(shape: tuple[int, ...], cx, cy, side, c, s) -> tuple[np.ndarray, ...]:
+    """`_region` of many squares at once (x0, y0, x1, y1 arrays), the same arithmetic."""
+    h, w = shape[:2]
+    half = side / 2 * (np.abs(c) + np.abs(s)) + 2
+    x0 = np.minimum(np.maximum(np.floor(cx - half).astype(np.int64), 0), w - 1)
+    y0 = np.minimum(np.maximum(np.floor(cy - half).astype(np.int64), 0), h - 1)
+    x1 = np.maximum(np.minimum(np.ceil(cx + half).astype(np.int64) + 1, w), x0 + 1)
+    y1 = np.maximum(np.minimum(np.ceil(cy + half).astype(np.int64) + 1, h), y0 + 1)
+    return x0, y0, x1, y1
+
+
+def _crop_matrices(cx, cy, side, c, s) -> np.ndarray:
+    """`crop_matrix` of many squares at once, from their centres, sides and the cosine and
+    sine of their angles: (M, 2, 3), the same arithmetic in the same order."""
+    kk = 1.0 / side
+    m = np.empty((len(side), 2, 3))
+    m[:, 0, 0] = c * kk
+    m[:, 0, 1] = s * kk
+    m[:, 0, 2] = 0.5 - kk * (c * cx + s * cy)
+    m[:, 1, 0] = -s * kk
+    m[:, 1, 1] = c * kk
+    m[:, 1, 2] = 0.5 - kk * (-s * cx + c * cy)
+    return m
 
 
 def patch_targets(truth: np.ndarray, mats: np.ndarray) -> np.ndarray:

@@ -5,10 +5,11 @@ and moves each point by the correction it answers (a cascade, Sun et al., CVPR 2
     refiner = Refiner(load_backend("facemtl_refine_int8.tflite"), first_spec=backend.spec)
     points, crop_ms, infer_ms = refiner(frame, points)     # (N, K, 2) image pixels in and out
 
-The patches are cut by `facemtl.runtime.preprocess.point_patches`, the function training
-(`facemtl.train.refine`) cuts them with. The refinement file is a facemtl model file like the
-first (its spec's `refine` names the first stage's contract, `RefineSpec`); a refinement file
-made for another first model is refused. numpy and OpenCV only.
+The patches are cut by `facemtl.runtime.preprocess.frame_patches`, all faces of a frame at
+once; training (`facemtl.train.refine`) cuts them with its one-face form, `point_patches`,
+the same code. The refinement file is a facemtl model file like the first (its spec's
+`refine` names the first stage's contract, `RefineSpec`); a refinement file made for another
+first model is refused. numpy and OpenCV only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from facemtl.runtime.errors import SpecError
 from facemtl.runtime.mirror import mirror_permutation
-from facemtl.runtime.preprocess import from_patches, point_patches
+from facemtl.runtime.preprocess import frame_patches, from_patches
 from facemtl.runtime.spec import REGRESSION, ModelSpec, contract_id
 
 # Whether FaceAnalyzerOptions(refine=None) runs the packaged refinement stage with the packaged
@@ -58,13 +59,7 @@ class Refiner:
 
     def inputs(self, frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, K) model input and (N, K, 2, 3) patch matrices for (N, K, 2) landmarks."""
-        points = np.asarray(points, dtype=np.float64)
-        n, s = len(points), self.spec.input.size
-        x = np.empty((n, s, s, self._k), np.float32)
-        mats = np.empty((n, self._k, 2, 3))
-        for i in range(n):
-            x[i], mats[i] = point_patches(frame, points[i], self.spec.crop, self.spec.refine.patch, self.spec.input)
-        return x, mats
+        return frame_patches(frame, points, self.spec.crop, self.spec.refine.patch, self.spec.input)
 
     def __call__(self, frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Refined (N, K, 2) landmarks in image pixels, and the crop and model times in ms."""
@@ -80,7 +75,7 @@ class Refiner:
         if self.flip_average:
             offsets = 0.5 * (offsets[:n] + mirror_offsets(offsets[n:], self._perm))
         t2 = time.perf_counter()
-        out = np.stack([from_patches(o, m) for o, m in zip(offsets, mats)])
+        out = from_patches(offsets.reshape(-1, 2), mats.reshape(-1, 2, 3)).reshape(n, self._k, 2)
         return out, 1000 * (t1 - t0), 1000 * (t2 - t1)
 
     @property

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from facemtl.runtime.live.smoothing import LabelSmoother, OneEuroFilter, OneEuroParams
+from facemtl.runtime.live.smoothing import HeadsSmoother, LabelSmoother, OneEuroFilter, OneEuroParams
 
 FPS = 30.0
 
@@ -86,3 +88,49 @@ def test_labels_follow_a_real_change_within_a_second():
             switched = i - 30
     assert switched is not None and switched <= 30
     assert score > 0.8
+
+
+class _OneHead:
+    """The label smoothing of one head written out plainly (how LabelSmoother was written
+    before the tracker smoothed all heads at once): the reference for HeadsSmoother."""
+
+    def __init__(self, tau, margin):
+        self.tau, self.margin, self.p, self.t, self.index = tau, margin, None, None, None
+
+    def update(self, p, t):
+        p = np.asarray(p, np.float64)
+        if self.p is None:
+            self.p = p.copy()
+        else:
+            self.p = self.p + (1.0 - math.exp(-max(t - self.t, 0.0) / self.tau)) * (p - self.p)
+        self.t = t
+        best = int(np.argmax(self.p))
+        if self.index is None or self.p[best] - self.p[self.index] > self.margin:
+            self.index = best
+        return self.index
+
+
+def test_heads_smoother_is_one_label_smoother_per_head():
+    """The tracker smooths every head of a face as one vector (`HeadsSmoother`); the labels
+    and averages must be exactly those of smoothing each head alone, LabelSmoother must
+    agree too, and an answer handed out must not change when later frames come in."""
+    rng = np.random.default_rng(2)
+    classes = {"gender": 2, "smile": 2, "pose": 5}
+    both = HeadsSmoother(classes, tau=0.5, margin=0.2)
+    ref = {h: _OneHead(0.5, 0.2) for h in classes}
+    each = {h: LabelSmoother(tau=0.5, margin=0.2) for h in classes}
+    first = None
+    switches = 0
+    for i in range(120):
+        # noisy answers whose leading class changes half way
+        probs = {h: rng.dirichlet(1.0 + 6.0 * (np.arange(n) == (0 if i < 60 else n - 1))) for h, n in classes.items()}
+        got = both.update(probs, i / FPS)
+        first = first or {h: (p.copy(), p) for h, (k, p) in got.items()}
+        for h in classes:
+            before = ref[h].index
+            k = ref[h].update(probs[h], i / FPS)
+            switches += before is not None and k != before
+            assert got[h][0] == k and np.array_equal(got[h][1], ref[h].p)
+            assert each[h].update(probs[h], i / FPS) == (k, ref[h].p[k])
+    assert switches > 0  # the labels did move: the comparison covers the hysteresis
+    assert all(np.array_equal(kept, live) for kept, live in first.values())

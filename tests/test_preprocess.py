@@ -73,6 +73,41 @@ def test_normalize_is_per_crop_and_floors_flat_crops():
     assert np.abs(flat).max() < 1.0 / spec.min_std * 40  # noise is not blown up to unit variance
 
 
+def test_normalize_is_numpys_mean_and_std_bit_for_bit():
+    """`normalize` computes the standard deviation from its own mean and centred crops (one
+    pass fewer than x.std): the numbers must be exactly (x - x.mean()) / max(x.std(), floor),
+    what the packaged models were trained on, for single crops, batches and flat crops."""
+    spec = InputSpec()
+    rng = np.random.default_rng(3)
+    for shape in [(40, 40), (7, 40, 40), (35, 24, 24)]:
+        for x in (rng.integers(0, 256, shape).astype(np.float32), rng.normal(90, 40, shape).astype(np.float32),
+                  np.full(shape, 17, np.float32), rng.integers(0, 256, shape).astype(np.uint8)):
+            f = np.asarray(x, np.float32)
+            axes = (-2, -1)
+            want = (f - f.mean(axis=axes, keepdims=True)) / np.maximum(f.std(axis=axes, keepdims=True), spec.min_std)
+            assert np.array_equal(pp.normalize(x, spec), want)
+
+
+def test_frame_crops_are_crop_region_bit_for_bit():
+    """`frame_crops` (every square of a frame in one call: InferenceCore's crops) must give what
+    `crop_region` gives square by square: the model's input does not depend on how many
+    faces share the frame. Grey, BGR and BGRA; small and large squares, rolled, at and beyond
+    the frame edge."""
+    rng = np.random.default_rng(11)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8), (5, 5), 1.2)
+    squares = [pp.Square(float(rng.uniform(-30, 430)), float(rng.uniform(-30, 330)), float(rng.uniform(8, 260)),
+                         float(rng.uniform(-50, 50)) if k % 3 else 0.0) for k in range(24)]
+    for frame in (bgr, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)):
+        for size in (40, 24):
+            crops, mats = pp.frame_crops(frame, squares, size)
+            assert crops.shape == (len(squares), size, size) and crops.dtype == np.float32
+            for i, sq in enumerate(squares):
+                want, m = pp.crop_region(frame, sq, size)
+                assert np.array_equal(crops[i], want) and np.array_equal(mats[i], m)
+    empty, _ = pp.frame_crops(bgr, [], 40)
+    assert empty.shape == (0, 40, 40)
+
+
 def test_canonical_square_is_rotation_invariant_in_size():
     pts = np.array([[100, 100], [140, 100], [120, 125], [105, 145], [135, 145]], float)
     sq = pp.canonical_square(pts, default_spec().crop)

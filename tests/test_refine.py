@@ -127,6 +127,30 @@ def test_one_face_cut_gives_the_per_patch_crops_bit_for_bit(scale):
     assert max(sides) <= 24 if scale < 1 else min(sides) > 24
 
 
+def test_frame_cut_gives_each_faces_patches_bit_for_bit():
+    """`frame_patches` cuts every face of a frame in one pass (the runtime's Refiner); each
+    face's patches and matrices must be, bit for bit, what `point_patches` (training's
+    cutter) gives for that face alone: faces of different sizes (with and without the
+    oversampled warp), rolled, at the frame edge, in one grey, BGR or BGRA frame."""
+    from facemtl.runtime.preprocess import frame_patches
+
+    spec = _refine_spec(calibrated_spec(), size=24)
+    rng = np.random.default_rng(5)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (720, 960, 3), dtype=np.uint8), (5, 5), 1.5)
+    rot = np.array([[0.94, -0.34], [0.34, 0.94]])
+    faces = np.stack([FACE * 0.4 + 40, FACE * 3.0 + [3.0 - FACE[0, 0] * 3.0, 2.0],
+                      (FACE - FACE.mean(0)) @ rot * 1.7 + [480.3, 360.7], FACE * 1.0 + [700.2, 500.9],
+                      (FACE - FACE.mean(0)) @ rot.T * 0.7 + [950.0, 710.0]])
+    for frame in (bgr, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)):
+        x, mats = frame_patches(frame, faces, spec.crop, spec.refine.patch, spec.input)
+        assert x.shape == (len(faces), 24, 24, 5) and mats.shape == (len(faces), 5, 2, 3)
+        for i, points in enumerate(faces):
+            xi, mi = point_patches(frame, points, spec.crop, spec.refine.patch, spec.input)
+            assert np.array_equal(x[i], xi) and np.array_equal(mats[i], mi)
+    none, _ = frame_patches(bgr, np.zeros((0, 5, 2)), spec.crop, spec.refine.patch, spec.input)
+    assert none.shape == (0, 24, 24, 5)
+
+
 def test_training_and_runtime_cut_the_same_patches(tmp_path):
     """train/serve parity: the examples `facemtl.train.refine` trains on are, bit for bit, what
     the runtime's Refiner feeds the model for the same face, from a BGR frame (the runtime
@@ -251,23 +275,30 @@ def test_refine_options_fail_clearly(tmp_path):
         assert a.refine_model_path is None
 
 
-def test_the_packaged_refinement_is_on_by_default_in_image_mode_only():
-    """IMAGE mode pairs the packaged model with its refinement file unless told not to; VIDEO
-    mode (many tracked faces a frame) runs it only when asked."""
+def test_the_packaged_refinement_is_on_by_default_in_both_modes_one_level_in_video():
+    """The packaged model runs with its refinement unless told not to: both cascade levels in
+    IMAGE mode, level 1 in VIDEO mode (run 57: a tracked crowd of eight faces stays above 500
+    FPS with one level, not with two); `refine_levels` picks, and is checked."""
     from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions
 
-    def refine_path(**kw):
+    def levels(**kw):
         with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(detector="none", **kw)) as a:
-            return a.refine_model_path
+            r = a._refiner
+            return [] if r is None else [s.level for s in getattr(r, "stages", [r])]
 
-    assert refine_path() is not None and refine_path(refine=False) is None
-    assert refine_path(running_mode="video") is None
-    assert refine_path(running_mode="video", refine=True) == refine_path()
+    assert levels() == [1, 2] and levels(refine=False) == []
+    assert levels(running_mode="video") == [1]
+    assert levels(running_mode="video", refine_levels=2) == [1, 2]
+    assert levels(refine_levels=1) == [1]
+    for bad in ({"refine_levels": 3}, {"refine_levels": 0}, {"refine": False, "refine_levels": 1},
+                {"refine_levels": 2, "refine_model_path": "x.tflite"}):
+        with pytest.raises(ValueError, match="refine"):
+            FaceAnalyzerOptions(detector="none", **bad)
 
 
-def test_live_bench_refine_flag_turns_the_refinement_on_in_video_mode():
-    """`facemtl bench --live --refine` times VIDEO mode with the refinement (off there by
-    default); no flag leaves each mode's default."""
+def test_live_bench_and_demo_take_the_refinement_flags():
+    """`facemtl bench --live` and `facemtl demo` pass --refine/--no-refine and --refine-levels
+    to the analyzer; no flag leaves each mode's default (on, level 1 while tracking)."""
     import argparse
 
     from facemtl.runtime.live.bench import _analyzer, add_arguments
@@ -275,9 +306,23 @@ def test_live_bench_refine_flag_turns_the_refinement_on_in_video_mode():
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert [p.parse_args(a).refine for a in ([], ["--refine"], ["--no-refine"])] == [None, True, False]
-    for refine, on in ((None, False), (True, True)):
-        with _analyzer(None, "none", None, 1, True, refine=refine) as a:
-            assert (a.refine_model_path is not None) == on
+    assert [p.parse_args(a).refine_levels for a in ([], ["--refine-levels", "2"])] == [None, 2]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--refine-levels", "3"])
+    for refine, levels, want in ((None, None, [1]), (False, None, []), (None, 2, [1, 2])):
+        with _analyzer(None, "none", None, 1, True, refine=refine, refine_levels=levels) as a:
+            r = a._refiner
+            assert ([] if r is None else [s.level for s in getattr(r, "stages", [r])]) == want
+
+    from facemtl.runtime.live import demo
+
+    d = argparse.ArgumentParser()
+    demo.add_arguments(d)
+    for argv, tracking, want in (([], True, [1]), ([], False, [1, 2]), (["--refine-levels", "2"], True, [1, 2]),
+                                 (["--no-refine"], True, [])):
+        with demo.build_analyzer(d.parse_args(argv + ["--detector", "none"]), tracking) as a:
+            r = a._refiner
+            assert ([] if r is None else [s.level for s in getattr(r, "stages", [r])]) == want
 
 
 def test_the_packaged_model_runs_both_cascade_levels():
@@ -287,7 +332,7 @@ def test_the_packaged_model_runs_both_cascade_levels():
     from facemtl.runtime.analyzer import PACKAGED_MODELS, FaceAnalyzer, FaceAnalyzerOptions
     from facemtl.runtime.refine import Cascade, packaged_refine_paths
 
-    for kw in ({}, {"running_mode": "video", "refine": True}):
+    for kw in ({}, {"running_mode": "video", "refine_levels": 2}):
         with FaceAnalyzer.create_from_options(FaceAnalyzerOptions(detector="none", **kw)) as a:
             r = a._refiner
             assert isinstance(r, Cascade) and [s.level for s in r.stages] == [1, 2]

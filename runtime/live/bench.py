@@ -45,8 +45,10 @@ def add_arguments(p) -> None:
                         "0 turns every crop by the whole eye-line roll)")
     g.add_argument("--no-crowd", action="store_true", help="--live: skip the several-faces stream")
     g.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
-                   help="--live: the refinement stage in every run (default: as the analyzer does, on in IMAGE "
-                        "mode and off in VIDEO mode; --refine turns it on in VIDEO mode too)")
+                   help="--live: the refinement stage in every run (default: as the analyzer does: on, both "
+                        "levels in IMAGE mode and level 1 in VIDEO mode)")
+    g.add_argument("--refine-levels", type=int, choices=(1, 2), default=None, metavar="N",
+                   help="--live: refinement levels in every run (default: as the analyzer does)")
     g.add_argument("--crowd-data", metavar="DIR", help="--live: the MTFL folder the crowd stream takes its faces "
                    "from (default: $FACEMTL_DATA, else ../shared/data/mtfl)")
     g.add_argument("--no-anchor", action="store_true",
@@ -54,7 +56,7 @@ def add_arguments(p) -> None:
 
 
 def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, smooth=True, overrides=None,
-              refine=None):
+              refine=None, refine_levels=None):
     from facemtl.runtime.analyzer import FaceAnalyzer, FaceAnalyzerOptions, RunningMode
     from facemtl.runtime.live.tracking import TrackingOptions
 
@@ -62,7 +64,7 @@ def _analyzer(model, detector, detect_size, threads, tracking, detect_every=15, 
         model_path=model, detector=detector, detection_max_side=live_detect_size(detector, detect_size),
         num_threads=threads, running_mode=RunningMode.VIDEO if tracking else RunningMode.IMAGE,
         flip_average=False,  # as `facemtl demo` (its --flip-average is off unless given)
-        refine=refine,
+        refine=refine, refine_levels=refine_levels,
         tracking=TrackingOptions(detect_every=detect_every, smooth_landmarks=smooth, smooth_attributes=smooth,
                                  **(overrides or {}))))
 
@@ -128,7 +130,7 @@ def _video_frames(path: str, n: int):
     return gen
 
 
-def quality(model, detector, detect_size, detect_every, overrides=None, refine=None) -> dict:
+def quality(model, detector, detect_size, detect_every, overrides=None, refine=None, refine_levels=None) -> dict:
     """Jitter (still face, frames 20-119, RMS over the 10 coordinates of their standard
     deviation) with and without smoothing, and NME on the still and the moving stream."""
     from facemtl.runtime.live.demo import match_truth
@@ -139,7 +141,8 @@ def quality(model, detector, detect_size, detect_every, overrides=None, refine=N
         s, frames = _sample_frames(300 if motion == "moving" else 120, motion)
         for smooth in (False, True):
             pts, errs = [], []
-            with _analyzer(model, detector, detect_size, 1, True, detect_every, smooth, overrides, refine) as a:
+            with _analyzer(model, detector, detect_size, 1, True, detect_every, smooth, overrides, refine,
+                           refine_levels) as a:
                 for i, ts, img in frames:
                     f = match_truth(a.analyze_for_video(img, ts).faces, s.truth(i))
                     pts.append(f.landmarks if f is not None else np.full((5, 2), np.nan))
@@ -156,7 +159,7 @@ def quality(model, detector, detect_size, detect_every, overrides=None, refine=N
 
     s, frames = _sample_frames(60, "still")
     errs, roll, size = [], [], []
-    with _analyzer(model, detector, detect_size, 1, False, refine=refine) as a:
+    with _analyzer(model, detector, detect_size, 1, False, refine=refine, refine_levels=refine_levels) as a:
         policy = a.spec.crop
         for i, ts, img in frames:
             t = s.truth(i)
@@ -171,7 +174,8 @@ def quality(model, detector, detect_size, detect_every, overrides=None, refine=N
     return out
 
 
-def crowd(model, detector, detect_size, detect_every, data=None, n: int = 480, refine=None) -> dict:
+def crowd(model, detector, detect_size, detect_every, data=None, n: int = 480, refine=None,
+          refine_levels=None) -> dict:
     """Several faces at once (`CrowdStream`: 8 real MTFL training faces moving, entering and
     leaving): found rate over the face-frames where a face is wholly in the frame, NME on the
     faces found, and the median analysis time per frame, in VIDEO mode (tracking) and IMAGE
@@ -185,7 +189,8 @@ def crowd(model, detector, detect_size, detect_every, data=None, n: int = 480, r
     out = {"faces": s.count, "frames": n, "face_frames": sum(len(t) for t in truths)}
     for tracking in (True, False):
         found, errors, ms = 0, [], []
-        with _analyzer(model, detector, detect_size, 1, tracking, detect_every, refine=refine) as a:
+        with _analyzer(model, detector, detect_size, 1, tracking, detect_every, refine=refine,
+                       refine_levels=refine_levels) as a:
             for (i, ts, img), tr in zip(frames, truths):
                 t0 = time.perf_counter()
                 result = a.analyze_for_video(img, ts) if tracking else a.analyze(img)
@@ -223,6 +228,7 @@ def main(args) -> int:
     detect_size = getattr(args, "detect_size", None)
     detect_every = int(getattr(args, "detect_every", 15))
     refine = getattr(args, "refine", None)
+    refine_levels = getattr(args, "refine_levels", None)
     # TrackingOptions other than the defaults, from --align-free and --no-anchor
     overrides = {}
     if getattr(args, "align_free", None) is not None:
@@ -251,7 +257,7 @@ def main(args) -> int:
                         frames_it = _video_frames(video, n + warmup)()
                         truth = None
                     with _analyzer(model, detector, detect_size, th, tracking, detect_every, overrides=overrides,
-                                   refine=refine) as a:
+                                   refine=refine, refine_levels=refine_levels) as a:
                         described = describe_detector(detector, a._detector)
                         r = time_run(a, frames_it, tracking, warmup=warmup, truth=truth)
                     row = {"stream": label, "threads": th, "mode": "tracking" if tracking else "detect every frame",
@@ -259,14 +265,15 @@ def main(args) -> int:
                     rows.append(row)
                     print(_row_text(row), flush=True)
         q = None if getattr(args, "no_quality", False) else quality(model, detector, detect_size, detect_every, overrides,
-                                                                        refine)
+                                                                        refine, refine_levels)
         c = None
         if not getattr(args, "no_crowd", False):
             from facemtl.runtime.live.crowd import default_data_dir
 
             data = getattr(args, "crowd_data", None) or default_data_dir()
             if (Path(data) / "training.txt").is_file():
-                c = crowd(model, detector, detect_size, detect_every, data, refine=refine)
+                c = crowd(model, detector, detect_size, detect_every, data, refine=refine,
+                          refine_levels=refine_levels)
                 print(_crowd_text(c), flush=True)
             else:
                 print(f"  crowd stream skipped: no MTFL training.txt in {data} (--crowd-data DIR)", flush=True)
@@ -282,6 +289,7 @@ def main(args) -> int:
         atomic_write_text(args.json, json.dumps({"detector": rows[0]["detector"] if rows else detector,
                                                  "model": str(model) if model else "packaged",
                                                  "tracking_overrides": overrides, "refine": refine,
+                                                 "refine_levels": refine_levels,
                                                  "load_average": os.getloadavg(), "runs": rows, "quality": q,
                                                  "crowd": c},
                                                 indent=2) + "\n")

@@ -74,9 +74,15 @@ class OneEuroFilter:
         self._dx = self._dx + a_d * ((x - self._x) / dt - self._dx)
         # the speed of the points' centroid (of the whole vector for a 1-D one), in `scale`
         # units per second: landmark noise is largely independent per point, so the centroid
-        # carries sqrt(5) times less of it than the points do, and a moving face moves it
-        d = self._dx.reshape(-1, self._dx.shape[-1]).mean(axis=0) if self._dx.ndim > 1 else self._dx
-        speed = float(np.linalg.norm(d)) / max(float(scale), 1e-9)
+        # carries sqrt(5) times less of it than the points do, and a moving face moves it.
+        # (mean and norm written out: the same arithmetic as np.mean and np.linalg.norm, at
+        # a fraction of their call cost, which on a tracked crowd is paid per face and frame)
+        if self._dx.ndim > 1:
+            flat = self._dx.reshape(-1, self._dx.shape[-1])
+            d = flat.sum(axis=0) / len(flat)
+        else:
+            d = self._dx
+        speed = math.sqrt(float(d.dot(d))) / max(float(scale), 1e-9)
         self.cutoff = p.min_cutoff + p.beta * speed
         a = _alpha(self.cutoff, dt)
         self._x = self._x + a * (x - self._x)
@@ -84,36 +90,83 @@ class OneEuroFilter:
         return self._x.copy()
 
 
-class LabelSmoother:
-    """Steady labels for one classification head of one face.
+class HeadsSmoother:
+    """Steady labels for several classification heads of one face at once: `LabelSmoother`
+    for each head, their averages kept side by side in one vector, so a tracked face costs
+    a few numpy calls a frame however many heads it has (the same numbers as one
+    `LabelSmoother` a head: the average is elementwise, and every head of a face is updated
+    at the same times).
 
-    `update(probabilities, t_s) -> (index, score)`: the shown class and its averaged
-    probability. The average has time constant `tau` seconds; the shown class changes only
-    when another leads it by more than `margin`.
+        s = HeadsSmoother({"gender": 2, "pose": 5}, tau=0.5, margin=0.2)
+        shown = s.update({"gender": p_gender, "pose": p_pose}, t_s)   # {head: (index, averaged probabilities)}
     """
 
-    def __init__(self, tau: float = 0.5, margin: float = 0.2):
+    def __init__(self, classes: dict[str, int], tau: float = 0.5, margin: float = 0.2):
         if tau < 0 or not 0 <= margin < 1:
             raise ValueError(f"LabelSmoother needs tau >= 0 and 0 <= margin < 1; got tau={tau}, margin={margin}")
         self.tau = tau
         self.margin = margin
+        self._slices: dict[str, tuple[int, int]] = {}
+        end = 0
+        for name, n in classes.items():
+            self._slices[name] = (end, end + int(n))
+            end += int(n)
         self._p: np.ndarray | None = None
         self._t: float | None = None
-        self.index: int | None = None
+        self.index: dict[str, int | None] = dict.fromkeys(classes)
 
-    def update(self, probabilities: np.ndarray, t_s: float) -> tuple[int, float]:
-        p = np.asarray(probabilities, dtype=np.float64)
+    def update(self, probabilities: dict[str, np.ndarray], t_s: float) -> dict[str, tuple[int, np.ndarray]]:
+        parts = [probabilities[name] for name in self._slices]
+        p = np.concatenate(parts, dtype=np.float64, axis=None) if len(parts) > 1 else np.asarray(parts[0], np.float64)
         if self._p is None or self._p.shape != p.shape:
             self._p = p.copy()
         else:
             dt = max(float(t_s) - self._t, 0.0)
             k = 1.0 if self.tau == 0 else 1.0 - math.exp(-dt / self.tau)
-            self._p += k * (p - self._p)
+            # a new array, not in place: the last frame's answers keep the probabilities they had
+            self._p = self._p + k * (p - self._p)
         self._t = float(t_s)
-        best = int(np.argmax(self._p))
-        if self.index is None or self._p[best] - self._p[self.index] > self.margin:
-            self.index = best
-        return self.index, float(self._p[self.index])
+        q = self._p.tolist()  # a few classes: plain floats compare faster than numpy scalars
+        out = {}
+        for name, (a, b) in self._slices.items():
+            seg = q[a:b]
+            best = seg.index(max(seg))  # the first of equal maxima, as np.argmax
+            shown = self.index[name]
+            if shown is None or seg[best] - seg[shown] > self.margin:
+                self.index[name] = shown = best
+            out[name] = (shown, self._p[a:b])
+        return out
+
+
+class LabelSmoother:
+    """Steady labels for one classification head of one face.
+
+    `update(probabilities, t_s) -> (index, score)`: the shown class and its averaged
+    probability. The average has time constant `tau` seconds; the shown class changes only
+    when another leads it by more than `margin`. (`HeadsSmoother` with one head.)
+    """
+
+    def __init__(self, tau: float = 0.5, margin: float = 0.2):
+        self._heads = HeadsSmoother({"": 0}, tau, margin)
+        self._p: np.ndarray | None = None
+
+    @property
+    def tau(self) -> float:
+        return self._heads.tau
+
+    @property
+    def margin(self) -> float:
+        return self._heads.margin
+
+    @property
+    def index(self) -> int | None:
+        return self._heads.index[""]
+
+    def update(self, probabilities: np.ndarray, t_s: float) -> tuple[int, float]:
+        p = np.asarray(probabilities, dtype=np.float64).ravel()
+        self._heads._slices[""] = (0, len(p))
+        index, self._p = self._heads.update({"": p}, t_s)[""]
+        return index, float(self._p[index])
 
     @property
     def probabilities(self) -> np.ndarray | None:

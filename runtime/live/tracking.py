@@ -39,6 +39,7 @@ unique per tracker and stable for the life of a track.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -48,9 +49,9 @@ import numpy as np
 
 from facemtl.runtime.core import InferenceCore, landmark_square, size_anchor
 from facemtl.runtime.detectors import Detection, box_overlap, crop_square
-from facemtl.runtime.preprocess import Square, canonical_square
+from facemtl.runtime.preprocess import Square
 from facemtl.runtime.results import Classification, Face, FrameResult
-from facemtl.runtime.live.smoothing import LabelSmoother, OneEuroFilter, OneEuroParams
+from facemtl.runtime.live.smoothing import HeadsSmoother, OneEuroFilter, OneEuroParams
 from facemtl.runtime.spec import REGRESSION, ModelSpec, SpecError
 
 
@@ -150,13 +151,13 @@ class _Track:
     __slots__ = ("id", "points", "smooth", "filter", "labels", "score", "unconfirmed", "confirmed", "low", "age",
                  "match", "ref", "velocity", "t", "anchor", "box")
 
-    def __init__(self, track_id: int, options: TrackingOptions, heads: list[str]):
+    def __init__(self, track_id: int, options: TrackingOptions, heads: dict[str, int]):
         self.id = track_id
         self.points: np.ndarray | None = None   # raw landmarks of the last frame (image pixels)
         self.smooth: np.ndarray | None = None
         self.filter = OneEuroFilter(options.landmark_filter) if options.smooth_landmarks else None
-        self.labels = ({h: LabelSmoother(options.attribute_tau, options.attribute_margin) for h in heads}
-                       if options.smooth_attributes else {})
+        self.labels = (HeadsSmoother(heads, options.attribute_tau, options.attribute_margin)
+                       if options.smooth_attributes and heads else None)
         self.score = 0.0        # the score of the detection that last confirmed it
         self.unconfirmed = 0    # detections in a row that missed it
         self.confirmed = True   # a detection confirmed it on this frame (or created it)
@@ -234,7 +235,7 @@ class FaceTracker:
             new = new[: max(self.max_faces - len(tracks), 0)]
         n_old = len(tracks)
         for d in new:
-            tr = _Track(self._next_id, self.options, [hd.name for hd in self._class_heads])
+            tr = _Track(self._next_id, self.options, {hd.name: len(hd.labels) for hd in self._class_heads})
             self._next_id += 1
             tr.score = float(d.score)
             squares.append(crop_square(d, self.policy))
@@ -277,16 +278,18 @@ class FaceTracker:
                     tr.match = float(x @ tr.ref)
                     if tr.match > opts.lost_score + 0.2 and opts.reference_rate > 0:
                         tr.ref += opts.reference_rate * (x - tr.ref)
-                        tr.ref /= max(float(np.linalg.norm(tr.ref)), 1e-9)
+                        tr.ref /= max(math.sqrt(float(tr.ref.dot(tr.ref))), 1e-9)  # np.linalg.norm's arithmetic
                 tr.confirmed = False
                 tr.low = tr.low + 1 if tr.match < opts.lost_score else 0
-                c = pts.mean(axis=0)
-                side = canonical_square(pts, self.policy).side
+                # canonical_square's centre and side, without its call cost (paid per face and frame)
+                c = pts.sum(axis=0) / len(pts)
+                d = pts - c
+                side = self.policy.scale * math.sqrt(float(np.vdot(d, d)) / len(pts))
                 if (tr.low >= opts.lost_frames or not (0 <= c[0] < w and 0 <= c[1] < h)
                         or side < opts.min_side):
                     continue
                 if tr.points is not None and tr.t is not None and t_s > tr.t:
-                    v = (c - tr.points.mean(axis=0)) / (t_s - tr.t)
+                    v = (c - tr.points.sum(axis=0) / len(tr.points)) / (t_s - tr.t)
                     tr.velocity += 0.5 * (v - tr.velocity)
                 tr.points = pts
                 tr.t = t_s
@@ -356,14 +359,12 @@ class FaceTracker:
               square: Square) -> Face:
         shown = tr.filter(points, t_s, scale=side) if tr.filter is not None else points
         tr.smooth = shown
-        attrs = {}
-        for hd in self._class_heads:
-            p = probs[hd.name]
-            if hd.name in tr.labels:
-                k, _ = tr.labels[hd.name].update(p, t_s)
-                attrs[hd.name] = Classification.of(hd, tr.labels[hd.name].probabilities, k)
-            else:
-                attrs[hd.name] = Classification.of(hd, p)
+        if tr.labels is not None:
+            steady = tr.labels.update(probs, t_s)  # {head: (shown class, averaged probabilities)}
+            attrs = {hd.name: Classification(hd.name, hd.labels, steady[hd.name][1], steady[hd.name][0])
+                     for hd in self._class_heads}
+        else:
+            attrs = {hd.name: Classification.of(hd, probs[hd.name]) for hd in self._class_heads}
         # the box the detector would give for the square the model saw (on a new face's
         # first frame with no second crop, exactly the detection's box)
         ox, oy, bw, bh = tr.box
@@ -379,14 +380,14 @@ def _drop_duplicates(tracks: list["_Track"], faces: list[Face], iou: float = 0.5
     if len(tracks) < 2:
         return tracks
     squares = np.array([f.square.box() for f in faces])
-    ov, _ = box_overlap(squares, squares)
+    ov = box_overlap(squares, squares)[0].tolist()
     drop = set()
     order = sorted(range(len(tracks)), key=lambda i: tracks[i].id)
     for a, i in enumerate(order):
         if i in drop:
             continue
         for j in order[a + 1:]:
-            if ov[i, j] > iou:
+            if ov[i][j] > iou:
                 drop.add(j)
     return [t for k, t in enumerate(tracks) if k not in drop]
 
