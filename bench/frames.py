@@ -40,6 +40,7 @@ import numpy as np
 from facemtl.runtime.calibration import read_landmark_file, spread_subset
 from facemtl.runtime.preprocess import canonical_square
 from facemtl.runtime.spec import CropPolicy
+from facemtl.train.verify import TIGHT_SIDE, tight_crop
 
 HERE = Path(__file__).resolve().parent
 
@@ -136,14 +137,22 @@ def roll_face(face: np.ndarray, points: np.ndarray, degrees: float, policy: Crop
     return turned, points @ m[:, :2].T + m[:, 2]
 
 
-def _pick(data: Path, split: str, n: int, count: int | None, poses: str | None) -> np.ndarray:
+def _pick(data: Path, split: str, n: int, count: int | None, poses: str | None, part: str = "all") -> np.ndarray:
     """Indices of the split's faces to use: those of the MTFL `poses` (e.g. "1,2,4,5"; all
-    when None), `count` of them spread over the split."""
+    when None), of `training.txt`'s `part` ("training" or "validation", as `facemtl train`
+    splits it; "all"), `count` of them spread over the split."""
     index = np.arange(n)
     if poses:
         want = {int(p) for p in poses.split(",")}
         lines = [f for f in (ln.split() for ln in (data / f"{split}.txt").read_text().splitlines()) if f]
         index = np.array([i for i, f in enumerate(lines) if int(f[-1]) in want])
+    if part != "all":
+        from facemtl.train.mtfl import load_split, validation_mask
+
+        paths = load_split(data, split).paths
+        assert len(paths) == n, (len(paths), n)
+        val = validation_mask(paths, 0.1)
+        index = np.array([i for i in index if val[i] == (part == "validation")])
     return index[spread_subset(len(index), count)]
 
 
@@ -175,32 +184,14 @@ def make_frames(data: Path, split: str, out: Path, count: int | None, seed: int,
     print(f"wrote {len(records)} frames to {out}")
 
 
-TIGHT_SIDE = 64
-
-
-def tight_crop(image: np.ndarray, pts: np.ndarray, side: int = TIGHT_SIDE, span: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
-    """A tight face crop, brows to chin, resized to `side` x `side` (the kind of image face
-    data sets hand out): d = eye-centre to mouth-centre distance; the square is `span` d (2) on a side,
-    centred 0.15 d below the midpoint of the two (brows about 0.35 d above the eyes, chin about
-    0.65 d below the mouth); upright, the border replicated where it leaves the photograph."""
-    eyes, mouth = pts[:2].mean(axis=0), pts[3:5].mean(axis=0)
-    d = float(np.linalg.norm(mouth - eyes))
-    down = (mouth - eyes) / max(d, 1e-9)
-    centre = (eyes + mouth) / 2 + 0.15 * d * down
-    k = side / (span * d)
-    # pixel-index coordinates: the square's centre goes to the crop's centre, (side - 1) / 2
-    m = np.array([[k, 0.0, (side - 1) / 2 - k * centre[0]], [0.0, k, (side - 1) / 2 - k * centre[1]]])
-    crop = cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
-    return crop, pts @ m[:, :2].T + m[:, 2]
 
 
 def make_tight(data: Path, split: str, out: Path, count: int | None, span: float = 2.0,
-               poses: str | None = None) -> None:
+               poses: str | None = None, part: str = "all") -> None:
     """`tight_crop` of every face of a split (or `count` spread over it, of `poses` only),
     with frames.json."""
     paths, points = read_landmark_file(data / f"{split}.txt", data)
-    keep = _pick(data, split, len(paths), count, poses)
+    keep = _pick(data, split, len(paths), count, poses, part)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for n, i in enumerate(keep):
@@ -217,12 +208,12 @@ def make_tight(data: Path, split: str, out: Path, count: int | None, span: float
     print(f"wrote {len(records)} tight {TIGHT_SIDE}x{TIGHT_SIDE} crops to {out}")
 
 
-def make_background(data: Path, split: str, out: Path, count: int | None) -> None:
+def make_background(data: Path, split: str, out: Path, count: int | None, part: str = "all") -> None:
     """64x64 crops of the split's photographs that hold no face: the largest square corner of
     each photograph clear of its face square (with a 15% margin), when at least 32 px on a
     side. Real photographic content for counting false detections on small images."""
     paths, points = read_landmark_file(data / f"{split}.txt", data)
-    keep = _pick(data, split, len(paths), count, None)
+    keep = _pick(data, split, len(paths), count, None, part)
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for i in keep:
@@ -693,11 +684,15 @@ def main() -> None:
     tc.add_argument("--count", type=int, default=None, help="crops (default: one per face of the split)")
     tc.add_argument("--span", type=float, default=2.0, help="crop side in eye-to-mouth distances (default 2.0)")
     tc.add_argument("--poses", default=None, help="only faces of these MTFL poses, e.g. 1,2,4,5 (turned heads)")
+    tc.add_argument("--part", default="all", choices=["all", "training", "validation"],
+                    help="of training.txt, the part `facemtl train` trains on or holds out (default: all)")
     mb = sub.add_parser("make-background", help="write 64x64 face-free crops of the split's photographs")
     mb.add_argument("--data", default=os.environ.get("FACEMTL_DATA", str(HERE.parent.parent / "shared" / "data" / "mtfl")))
     mb.add_argument("--split", default="training", choices=["testing", "training"])
     mb.add_argument("--out", required=True, type=Path)
     mb.add_argument("--count", type=int, default=None)
+    mb.add_argument("--part", default="all", choices=["all", "training", "validation"],
+                    help="of training.txt, the part `facemtl train` trains on or holds out (default: all)")
     tt = sub.add_parser("tune-tight", help="found rate on tight crops per detector and padding (pad_small)")
     tt.add_argument("--frames", required=True, type=Path, nargs="+",
                     help="make-tight folders (of training faces, to choose)")
@@ -743,7 +738,7 @@ def main() -> None:
     if args.cmd == "make":
         make_frames(Path(args.data), args.split, args.out, args.count, args.seed, args.poses, args.roll)
     elif args.cmd == "make-tight":
-        make_tight(Path(args.data), args.split, args.out, args.count, args.span, args.poses)
+        make_tight(Path(args.data), args.split, args.out, args.count, args.span, args.poses, args.part)
     elif args.cmd == "tune-image":
         sizes = [int(v) or None for v in args.sizes.split(",")]
         r = tune_image(args.frames, args.model, sizes, args.limit)
@@ -758,7 +753,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps({"frames_dirs": [str(f) for f in args.frames], "results": r},
                                                   indent=2) + "\n")
     elif args.cmd == "make-background":
-        make_background(Path(args.data), args.split, args.out, args.count)
+        make_background(Path(args.data), args.split, args.out, args.count, args.part)
     elif args.cmd == "measure":
         run_measure(args)
     else:

@@ -102,7 +102,6 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
                   options: ConvertOptions | None = None, log=None) -> dict:
     """Convert, check and report; returns the report (also written as report.json/.md)."""
     from facemtl.convert import data
-    from facemtl.convert.export import ExportContext
     from facemtl.train.model import ModelFileError as KerasFileError
     from facemtl.train.model import load_model
     from facemtl.train.mtfl import DataError
@@ -143,6 +142,19 @@ def convert_model(model_path: str | Path, out_dir: str | Path, data_dir: str | P
     if needs_cal and (cal is None or len(cal) < MIN_CALIBRATION):
         log(f"warning: {0 if cal is None else len(cal)} calibration crops; int8 formats want at least "
             f"{MIN_CALIBRATION} (--calibration N)")
+    return convert_checked(model, spec, spec_source, model_path, out_dir, held, cal, opts, log, started)
+
+
+def convert_checked(model, spec: ModelSpec, spec_source: str, model_path: Path, out_dir: Path, held, cal,
+                    opts: ConvertOptions, log, started: float | None = None) -> dict:
+    """`convert_model` from its check crops on: export each format, check it head by head on
+    `held` (a `convert.data.Crops`: crops, landmarks, labels) against the Keras model, keep or
+    reject it, and write the report. Models checked on crops of their own (the face verifier,
+    `facemtl.train.verify`) come in here with them."""
+    from facemtl.convert.export import ExportContext
+
+    started = time.perf_counter() if started is None else started
+    formats = [get_format(n) for n in opts.formats]
     reference = keras_outputs(model, held.x)
 
     out_dir.mkdir(parents=True, exist_ok=True)

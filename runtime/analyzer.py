@@ -31,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from facemtl.runtime.core import InferenceCore, landmark_square, size_anchor
-from facemtl.runtime.detectors import Detection, Detector, DetectorError, create_detector, crop_square
+from facemtl.runtime.detectors import (SMALL_IMAGE, Detection, Detector, DetectorError, WholeImage,
+                                       create_detector, crop_square)
 from facemtl.runtime.errors import ConcurrentUseError
 from facemtl.runtime.preprocess import ImageError, to_grey
 from facemtl.runtime.results import Classification, Face, FrameResult
@@ -103,6 +104,13 @@ class FaceAnalyzerOptions:
     refine_model_path: the refinement file (written by `python -m facemtl.train.refine
         convert`) to run with `model_path`'s model; None: the packaged one, for the packaged
         model. A file trained after another first model is refused.
+    verify_small: IMAGE mode: where nothing is found in an image of at most 256 pixels a side
+        (even on the padded copies tried for tight crops), ask the packaged face verifier
+        (`facemtl.runtime.verify`) whether the whole image is one face, and if so analyse it,
+        cut as a tight crop (brows to chin) frames its face, its probability as the face's
+        score. None (the default): `VERIFY_SMALL` (IMAGE mode as run 59 decided; never in
+        VIDEO mode). On only where the install packages a verifier and the model crops faces
+        as the packaged model does (the verifier's framing is fitted for that crop).
     passes: IMAGE mode: model runs per face. Pass 1 crops the detector's square; each further
         pass crops again from the previous pass's landmarks (re-centred, turned upright by
         their roll, the detector's size kept), which frames the face as training did more
@@ -125,6 +133,7 @@ class FaceAnalyzerOptions:
     refine: bool | None = None
     refine_levels: int | None = None
     refine_model_path: str | os.PathLike | None = None
+    verify_small: bool | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -157,6 +166,10 @@ class FaceAnalyzerOptions:
             raise ValueError("refine_levels=2 runs the packaged cascade; a refine_model_path is one level")
         if self.refine_levels is None:
             object.__setattr__(self, "refine_levels", REFINE_LEVELS[self.running_mode])
+        if self.verify_small and self.running_mode == RunningMode.VIDEO:
+            raise ValueError("verify_small is for IMAGE mode (single images); VIDEO mode tracks what it detects")
+        if self.verify_small is None:
+            object.__setattr__(self, "verify_small", VERIFY_SMALL[self.running_mode])
 
 
 def _interpreter_installed(suffix: str) -> bool:
@@ -230,13 +243,14 @@ class FaceAnalyzer:
     """
 
     def __init__(self, backend, detector: Detector, options: FaceAnalyzerOptions | None = None,
-                 spec: ModelSpec | None = None, refiner=None):
-        # internal: the factories build the backend, detector and refiner from the options
+                 spec: ModelSpec | None = None, refiner=None, verifier=None):
+        # internal: the factories build the backend, detector, refiner and verifier from the options
         self._options = options or FaceAnalyzerOptions()
         self._backend = backend
         self._detector = detector
         self._spec: ModelSpec = spec or backend.spec
         self._refiner = refiner
+        self._verifier = verifier  # facemtl.runtime.verify.FaceVerifier, or None
         self._core = InferenceCore(backend.run, self._spec, flip_average=self._options.flip_average, refiner=refiner)
         self._last_ts: float | None = None
         self._tracker = None  # VIDEO mode: facemtl.runtime.live.tracking.FaceTracker, made on the first frame
@@ -255,16 +269,18 @@ class FaceAnalyzer:
         if isinstance(options.detector, str):  # a Detector passed in keeps its own setting
             detector.retry_full = options.detection_retry_full
         backend = load_model(options.model_path, threads=options.num_threads, buffer=options.model_buffer)
-        refiner = None
+        refiner = verifier = None
         try:
             spec = backend.spec if options.model_buffer is not None else _spec_beside(Path(backend.path), backend.spec)
             refiner = _load_refiner(options, backend, spec)
-            return cls(backend, detector, options, spec, refiner)
+            verifier = _load_verifier(options, backend, spec, detector)
+            return cls(backend, detector, options, spec, refiner, verifier)
         except Exception:
             backend.close()
             detector.close()
-            if refiner is not None:
-                refiner.close()
+            for stage in (refiner, verifier):
+                if stage is not None:
+                    stage.close()
             raise
 
     @classmethod
@@ -291,6 +307,11 @@ class FaceAnalyzer:
         return None if self._refiner is None else self._refiner.path
 
     @property
+    def verify_model_path(self) -> Path | None:
+        """The face verifier file in use for small images, None when that is off."""
+        return None if self._verifier is None else self._verifier.path
+
+    @property
     def landmark_names(self) -> tuple[str, ...]:
         return tuple(self._spec.landmark_names)
 
@@ -309,6 +330,10 @@ class FaceAnalyzer:
         image, grey = _frames(image)
         t1 = time.perf_counter()
         found = self._detect(image)
+        if not found and self._verifier is not None and max(image.shape[:2]) <= SMALL_IMAGE:
+            # a small image in which nothing was found may itself be one tight face crop
+            whole = self._verifier.detect(grey)
+            found = [whole] if whole is not None else []
         t2 = time.perf_counter()
         faces, stages = self._analyze_detections(grey, found)
         t3 = time.perf_counter()
@@ -389,8 +414,9 @@ class FaceAnalyzer:
         close = getattr(self._backend, "close", None)
         if close:
             close()
-        if self._refiner is not None:
-            self._refiner.close()
+        for stage in (self._refiner, self._verifier):
+            if stage is not None:
+                stage.close()
         self._detector.close()
 
     def __enter__(self) -> "FaceAnalyzer":
@@ -449,6 +475,33 @@ def _load_refiner(options: FaceAnalyzerOptions, backend, spec: ModelSpec):
         raise
 
 
+def _load_verifier(options: FaceAnalyzerOptions, backend, spec: ModelSpec, detector: Detector):
+    """The packaged face verifier where `verify_small` asks for it, or None: not for a model
+    whose crop its framing was not fitted for, nor with detector "none" (every image is a face
+    already)."""
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.verify import FaceVerifier, packaged_verify_path
+
+    if not options.verify_small or isinstance(detector, WholeImage):
+        return None
+    path = packaged_verify_path(PACKAGED_MODELS, getattr(backend, "path", None))
+    if path is None:
+        return None
+    try:
+        vb = load_backend(path, threads=options.num_threads)
+    except ImportError as e:
+        raise SpecError(f"{path}: {e}") from None
+    try:
+        verifier = FaceVerifier(vb)
+    except SpecError:
+        vb.close()
+        raise
+    if not verifier.frames(spec.crop):
+        verifier.close()  # a model cropped otherwise: the verifier's squares are not its squares
+        return None
+    return verifier
+
+
 def _detector_for_mode(detector, mode: RunningMode):
     """Plain "haar" in VIDEO mode is "haar:video": a tracked face needs no detection, so
     re-detections run the cheap upright frontal cascade alone."""
@@ -471,6 +524,10 @@ RETRY_FULL = {RunningMode.IMAGE: True, RunningMode.VIDEO: False}
 # in IMAGE mode (run 56); level 1 in VIDEO mode, where a tracked crowd of eight faces keeps
 # above 500 FPS with one level and not with two (docs/experiments.md, run 57).
 REFINE_LEVELS = {RunningMode.IMAGE: 2, RunningMode.VIDEO: 1}
+
+# Whether `verify_small=None` asks the packaged face verifier about small images in which
+# nothing was found: set by run 59's rule (docs/experiments.md); never in VIDEO mode.
+VERIFY_SMALL = {RunningMode.IMAGE: True, RunningMode.VIDEO: False}
 
 
 def _detection_size(detector, max_side, mode: RunningMode):

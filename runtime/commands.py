@@ -59,6 +59,9 @@ def register_predict(sub) -> None:
     p.add_argument("--detect-size", type=int, default=None, metavar="PX",
                    help="detect on a copy whose longer side is at most PX pixels; 0 = full size "
                         "(default: YuNet 320, Haar 288; 0 finds smaller faces in big photographs, at more cost)")
+    p.add_argument("--verify-small", action=argparse.BooleanOptionalAction, default=None,
+                   help="where nothing is found in an image of at most 256 px, ask the packaged face verifier "
+                        "whether the whole image is one face (a tight crop), and analyse it if so (default: on)")
     p.add_argument("--detect-retry", action=argparse.BooleanOptionalAction, default=None,
                    help="where nothing is found on the downscaled copy, detect again at full size "
                         "(default: on; only images without a found face pay for it)")
@@ -121,7 +124,7 @@ def _analyzer_from_args(args):
             detection_retry_full=args.detect_retry, min_detection_score=args.min_score, max_faces=args.max_faces, num_threads=args.threads,
             flip_average=args.flip_average, passes=args.passes,
             refine=getattr(args, "refine", None), refine_model_path=getattr(args, "refine_model", None),
-            refine_levels=getattr(args, "refine_levels", None),
+            refine_levels=getattr(args, "refine_levels", None), verify_small=getattr(args, "verify_small", None),
         )
         return FaceAnalyzer.create_from_options(options)
     except (DetectorError, SpecError, ModelFileError, ValueError) as e:

@@ -71,7 +71,9 @@ class Detection:
     `landmarks`, (5, 2) frame pixels in MTFL order, are set when the detector frames faces
     by its points (YuNet): the square is then built from them, not from the box. `angle`
     (degrees) turns that square (0 for every detector here). `mirrored`: the box came from the
-    mirrored frame, so its calibration's dx is negated.
+    mirrored frame, so its calibration's dx is negated. `square`: the model's square itself,
+    where the detection brings its own (the face verifier's whole-image face,
+    `facemtl.runtime.verify`); no calibration is applied to it.
     """
 
     box: tuple[float, float, float, float]
@@ -80,6 +82,7 @@ class Detection:
     landmarks: np.ndarray | None = None
     mirrored: bool = False
     angle: float = 0.0
+    square: "Square | None" = None
 
 
 class Detector:
@@ -566,5 +569,8 @@ def calibrated_square(d: Detection, calibration: BoxCalibration, policy: CropPol
 
 def crop_square(d: Detection, policy: CropPolicy) -> Square:
     """The square the model sees for a detection, through the spec's calibration for its
-    source (a SpecError naming `facemtl calibrate` if the spec has none)."""
+    source (a SpecError naming `facemtl calibrate` if the spec has none); a detection's own
+    `square` where it has one."""
+    if d.square is not None:
+        return d.square
     return calibrated_square(d, policy.calibration(d.source), policy)

@@ -88,3 +88,15 @@ def backend_for(path: str | Path) -> str | None:
         if s == suffix:
             return backend
     return None
+
+
+def of_same_kind(folder: Path, names, like: str | Path | None) -> Path | None:
+    """The first of the files `names` present in `folder` whose suffix is `like`'s (a packaged
+    stage to pair with the packaged model: .tflite with .tflite), else the first present; None
+    if none is."""
+    present = [Path(folder) / n for n in names if (Path(folder) / n).is_file()]
+    if like is not None:
+        same = [p for p in present if p.suffix == Path(like).suffix]
+        if same:
+            return same[0]
+    return present[0] if present else None

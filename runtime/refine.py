@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from facemtl.runtime.errors import SpecError
+from facemtl.runtime.formats import of_same_kind
 from facemtl.runtime.mirror import mirror_permutation
 from facemtl.runtime.preprocess import frame_patches, from_patches
 from facemtl.runtime.spec import REGRESSION, ModelSpec, contract_id
@@ -137,14 +138,7 @@ def mirror_offsets(offsets: np.ndarray, perm) -> np.ndarray:
 def packaged_refine_path(models: Path, first_path: Path | None) -> Path | None:
     """The packaged refinement file to pair with the packaged first model: the one of the same
     kind (.tflite with .tflite) where there is one, else any; None if the install has none."""
-    present = [models / n for n in REFINE_MODEL_FILES if (models / n).is_file()]
-    if not present:
-        return None
-    if first_path is not None:
-        same = [p for p in present if p.suffix == Path(first_path).suffix]
-        if same:
-            return same[0]
-    return present[0]
+    return of_same_kind(models, REFINE_MODEL_FILES, first_path)
 
 
 def packaged_refine_paths(models: Path, first_path: Path | None) -> list[Path]:

@@ -155,3 +155,35 @@ def test_two_sources_with_partial_labels_report_per_source_metrics(base_model, t
     faces = next(s for s in summary["sources"] if s["name"] == "faces")
     assert faces["train_labels"]["landmarks"] < faces["train_labels"]["smile"] == faces["train_faces"]
     assert "val/faces/landmarks/nme" in result.val_metrics
+
+
+def test_a_verifier_of_one_added_head_on_whole_images_trains_and_converts(tiny_mtfl, tmp_path):
+    """`--heads face --add-head face:...` trains a model of that one head (no MTFL head rides
+    along), `--crop image` cuts every face-less image whole, and `python -m facemtl.train.verify
+    convert` checks and exports it with its tight-crop framing, which the runtime's
+    FaceVerifier loads."""
+    import cv2
+
+    from facemtl.runtime.backends import load_backend
+    from facemtl.runtime.verify import FaceVerifier
+    from facemtl.train.verify import make_data
+
+    for part, folder in (("training", tmp_path / "data"), ("validation", tmp_path / "check")):
+        make_data(tiny_mtfl, folder, part=part)
+        rng = np.random.default_rng(len(part))
+        for i in range(40 if part == "training" else 10):  # face-free: noise and gradients
+            img = cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (7, 7), 2)
+            cv2.imwrite(str(folder / "face" / "background" / f"n{i}.png"), img)
+    out = tmp_path / "run"
+    run_cli("train", "--data", tmp_path / "data" / "face", "--crop", "image", "--heads", "face",
+            "--add-head", "face:classification:background,face", "--width", "8", "--depth", "1", "--features", "16",
+            "--pool", "gdc", "--epochs", "2", "--batch-size", "16", "--out", out)
+    spec = ModelSpec.load(out / "spec.json")
+    assert spec.head_names == ("face",) and spec.crop.mode == "image"
+    r = subprocess.run([sys.executable, "-m", "facemtl.train.verify", "convert", str(out), "--train", str(tmp_path / "data"),
+                        "--check", str(tmp_path / "check"), "--data", str(tiny_mtfl)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "converted" / "report.json").read_text())
+    assert [f["status"] for f in report["formats"]] == ["passed", "passed"]
+    v = FaceVerifier(load_backend(out / "converted" / "model_int8-float.tflite", threads=1))
+    assert v.framing.faces > 0 and 0.0 <= v.probability(cv2.imread(str(next((tmp_path / "check").rglob("*.png"))))) <= 1.0

@@ -64,7 +64,8 @@ def make_strategy(name: str):
 def run_spec(cfg: TrainConfig) -> ModelSpec:
     spec = default_spec()
     if cfg.heads:
-        spec = spec.select(cfg.heads)
+        # heads `--add-head` adds are picked after it adds them (`initial_spec`)
+        spec = spec.select([h for h in cfg.heads if h in spec.head_names])
     if cfg.weights:
         spec = spec.with_weights(cfg.weights)
     if cfg.crop != spec.crop.mode:
@@ -116,12 +117,16 @@ def initial_spec(cfg: TrainConfig):
         base = load_model(cfg.init)
         spec = model_spec_of(Path(cfg.init), base).replace(quantization={})
         if cfg.heads:
-            spec = spec.select(cfg.heads)
+            spec = spec.select([h for h in cfg.heads if h in spec.head_names])
         if cfg.weights:
             spec = spec.with_weights(cfg.weights)
     else:
         spec = run_spec(cfg)
     spec = add_heads(spec, [parse_head(h) for h in cfg.add_heads])
+    if cfg.heads:
+        # `--heads` in its own order, an added head included (`--heads face --add-head face:...`
+        # trains a model of that one head)
+        spec = spec.select(cfg.heads)
     if cfg.weights and cfg.add_heads:
         spec = spec.with_weights(cfg.weights)
     return spec, base

@@ -233,7 +233,10 @@ class FaceSource:
         t = np.zeros((n, sum(h.units for h in class_heads) if with_teacher else 0), np.float32)
         for j, (i, d) in enumerate(zip(index, draw)):
             rng = np.random.default_rng([self.seed, int(d)]) if self.augment is not None else None
-            square = None if self.has_points[i] else Square(*self.squares[i])
+            # a face without landmarks is cut from its detector square, except in crop mode
+            # "image", where every face is its whole image (`face_square`)
+            framed = self.has_points[i] or self.spec.crop.mode == "image"
+            square = None if framed else Square(*self.squares[i])
             extra = self.teacher.points[i] if with_teacher else None
             x[j, :, :, 0], y[j, :npts], a[j], more, flipped = augmented_example(
                 self.images[i], self.points[i], self.attrs[i], self.spec, self.augment, rng, square=square,
