@@ -333,7 +333,7 @@ class FaceAnalyzer:
         if not found and self._verifier is not None and max(image.shape[:2]) <= SMALL_IMAGE:
             # a small image in which nothing was found may itself be one tight face crop
             whole = self._verifier.detect(grey)
-            found = [whole] if whole is not None else []
+            found = [whole] if whole is not None and whole.score >= self._options.min_detection_score else []
         t2 = time.perf_counter()
         faces, stages = self._analyze_detections(grey, found)
         t3 = time.perf_counter()

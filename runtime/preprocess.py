@@ -317,7 +317,8 @@ def frame_crops(image: np.ndarray, squares: list[Square], size: int) -> tuple[np
             cv2.warpAffine(grey, warps[i], (inter, inter), dst=raw[i], flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
         else:
-            big = cv2.warpAffine(grey, warps[i], (inter, inter), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            big = cv2.warpAffine(grey, warps[i], (inter, inter), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
             cv2.resize(big, (size, size), dst=raw[i], interpolation=cv2.INTER_AREA)
     return raw.astype(np.float32), mats
 

@@ -125,6 +125,10 @@ def test_a_tight_crop_the_detector_misses_is_analysed_whole(mtfl_dir):
             assert f.box == (0.0, 0.0, 64.0, 64.0) and DEFAULT_THRESHOLD <= f.score <= 1.0
             iod = np.linalg.norm(truth[1] - truth[0])
             assert np.linalg.norm(f.landmarks - truth, axis=1).mean() / iod < 0.35
+            # the score is a detection score like any other: min_detection_score filters it
+            stricter = FaceAnalyzerOptions(min_detection_score=min(1.0, f.score + 1e-3))
+            with FaceAnalyzer.create_from_options(stricter) as strict:
+                assert strict.analyze(crop).faces == []
             return
     pytest.fail("no held-out tight crop that the detector misses and the verifier finds")
 

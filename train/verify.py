@@ -136,7 +136,8 @@ def fit_framing(data_dir: Path, policy: CropPolicy, val_fraction: float = 0.1) -
         _, pts = tight_crop(image, ann.points[i].astype(np.float64))
         sq = canonical_square(pts, policy)
         # the whole image's box as a square: centre (side / 2, side / 2), side = its width
-        rows.append(((sq.cx - TIGHT_SIDE / 2) / TIGHT_SIDE, (sq.cy - TIGHT_SIDE / 2) / TIGHT_SIDE, sq.side / TIGHT_SIDE))
+        half = TIGHT_SIDE / 2
+        rows.append(((sq.cx - half) / TIGHT_SIDE, (sq.cy - half) / TIGHT_SIDE, sq.side / TIGHT_SIDE))
     dx, dy, scale = np.median(np.array(rows), axis=0)
     return BoxCalibration(float(dx), float(dy), float(scale), len(rows))
 
