@@ -6,6 +6,7 @@ All files are timed interleaved, in rounds (as `facemtl bench` does), so that a 
 that changes speed mid-run moves every candidate alike.
 
     python bench/trunks.py [--runs 2000] [--json bench/trunks.json]
+    python bench/trunks.py --set issue20 --json bench/trunks_issue20.json
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 
-CANDIDATES = [  # (trunk, width, depth: separable blocks, first block's width in widths, stem filters, feature units)
+CANDIDATES = [  # (trunk, width, depth: separable blocks, first block's width in widths, stem filters, feature units[, pool])
     ("tcdcn", 0, 0, 0, 0, 256),
     ("mtfl", 16, 6, 2, 16, 256),
     ("mtfl", 24, 6, 2, 24, 256),
@@ -30,6 +31,22 @@ CANDIDATES = [  # (trunk, width, depth: separable blocks, first block's width in
     ("mtfl", 32, 5, 2, 32, 128),
     ("mtfl", 48, 6, 2, 48, 256),
 ]
+
+# Issue 20's screen (speed and size only, before any training): today's default trunk first,
+# then shapes with the global depthwise pooling (`--pool gdc`) and less work in the blocks.
+ISSUE20 = [
+    ("mtfl", 32, 5, 2, 32, 256, "flatten"),
+    ("mtfl", 32, 5, 2, 32, 256, "gdc"),
+    ("mtfl", 32, 5, 1, 32, 256, "gdc"),
+    ("mtfl", 32, 4, 2, 32, 256, "gdc"),
+    ("mtfl", 32, 5, 2, 16, 256, "gdc"),
+    ("mtfl", 32, 5, 2, 32, 128, "gdc"),
+    ("mtfl", 24, 5, 2, 24, 256, "gdc"),
+    ("mtfl", 24, 5, 1, 24, 256, "gdc"),
+    ("mtfl", 24, 4, 2, 24, 256, "gdc"),
+    ("mtfl", 16, 5, 2, 16, 256, "gdc"),
+]
+SETS = {"trunks": CANDIDATES, "issue20": ISSUE20}
 
 
 def tflite_bytes(model, int8: bool) -> bytes:
@@ -51,6 +68,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--set", default="trunks", choices=sorted(SETS), help="which candidates (default: trunks)")
     args = ap.parse_args()
     from facemtl.train.quiet import import_tensorflow
 
@@ -60,22 +78,23 @@ def main() -> int:
     from facemtl.train.model import build_model
 
     rows, contents = [], []
-    for trunk, width, depth, first, stem, features in CANDIDATES:
+    for trunk, width, depth, first, stem, features, *pool in SETS[args.set]:
+        pool = pool[0] if pool else "flatten"
         model = build_model(default_spec(), trunk=trunk, width=width or 32, depth=depth or 6, first_block=first or 2,
-                            stem=stem, features=features)
+                            stem=stem, features=features, pool=pool)
         rows.append({"trunk": trunk, "width": width, "depth": depth, "first_block": first, "stem": stem,
-                     "features": features, "params": int(model.count_params())})
+                     "features": features, "pool": pool, "params": int(model.count_params())})
         for kind in ("fp32", "int8"):
             contents.append(tflite_bytes(model, kind == "int8"))
     timings = iter(zip(contents, tflite_invoke_ms(contents, args.runs)))
-    print(f"{'trunk':<10}{'width':>6}{'depth':>6}{'first':>6}{'stem':>6}{'feat':>6}{'params':>10}{'fp32 KB':>9}{'fp32 ms':>9}{'int8 KB':>9}{'int8 ms':>9}"
-          "  (median, batch 1, 1 thread, interleaved)")
+    print(f"{'trunk':<10}{'width':>6}{'depth':>6}{'first':>6}{'stem':>6}{'feat':>6}{'pool':>8}{'params':>10}{'fp32 KB':>9}"
+          f"{'fp32 ms':>9}{'int8 KB':>9}{'int8 ms':>9}  (median, batch 1, 1 thread, interleaved)")
     for row in rows:
         for kind in ("fp32", "int8"):
             content, (med, p95) = next(timings)
             row[kind] = {"bytes": len(content), "median_ms": round(med, 4), "p95_ms": round(p95, 4)}
         print(f"{row['trunk']:<10}{row['width'] or '-':>6}{row['depth'] or '-':>6}{row['first_block'] or '-':>6}"
-              f"{row['stem'] or '-':>6}{row['features']:>6}{row['params']:>10}"
+              f"{row['stem'] or '-':>6}{row['features']:>6}{row['pool']:>8}{row['params']:>10}"
               f"{row['fp32']['bytes'] / 1024:>9.0f}{row['fp32']['median_ms']:>9.3f}"
               f"{row['int8']['bytes'] / 1024:>9.0f}{row['int8']['median_ms']:>9.3f}")
     if args.json:
