@@ -143,7 +143,7 @@ def crop(grey: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.nd
     by replicating the border, so faces cut by the frame edge are padded, not dropped.
     """
     m = crop_matrix(square)
-    inter = int(min(max(round(square.side), size), _OVERSAMPLE * size))
+    inter = _intermediate(square.side, size)
     # crop units u -> pixel index u * inter - 0.5 of the intermediate image
     warp = m * inter
     warp[:, 2] -= 0.5
@@ -151,6 +151,11 @@ def crop(grey: np.ndarray, square: Square, size: int) -> tuple[np.ndarray, np.nd
     if inter != size:
         patch = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
     return patch.astype(np.float32), m
+
+
+def _intermediate(side: float, size: int) -> int:
+    """The side, in pixels, of `crop`'s warp before its area resize to `size` (`_OVERSAMPLE`)."""
+    return int(min(max(round(side), size), _OVERSAMPLE * size))
 
 
 def _region(shape: tuple[int, ...], square: Square) -> tuple[int, int, int, int]:
@@ -260,15 +265,11 @@ def frame_patches(image: np.ndarray, points: np.ndarray, policy: CropPolicy, pat
     side = np.maximum(patch * (policy.scale * rms), 1.0)
     c = np.array([math.cos(a) for a in rad])
     s = np.array([math.sin(a) for a in rad])
-    inters = [int(min(max(round(v), size), _OVERSAMPLE * size)) for v in side]
-    # per patch (face-major): the square's full-frame crop matrix and `_region`
+    inters = [_intermediate(v, size) for v in side]
+    # per patch (face-major): the square's full-frame crop matrix, `_region` and warp
     c, s, side = np.repeat(c, k), np.repeat(s, k), np.repeat(side, k)
-    cx, cy = p[..., 0].ravel(), p[..., 1].ravel()
-    x0, y0, x1, y1 = _regions(image.shape, cx, cy, side, c, s)
-    mats = _crop_matrices(cx, cy, side, c, s)
-    # `crop`'s warp for each square in its own region (crop units u -> pixel u * inter - 0.5)
-    warps = _crop_matrices(cx - x0, cy - y0, side, c, s) * np.repeat(inters, k)[:, None, None]
-    warps[:, :, 2] -= 0.5
+    (x0, y0, x1, y1), mats, warps = _square_warps(image.shape, p[..., 0].ravel(), p[..., 1].ravel(), side, c, s,
+                                                  np.repeat(inters, k))
     raw = np.empty((n * k, size, size), np.uint8)
     # each face's grey region: the box of its patches' regions
     fx0, fy0 = x0.reshape(n, k).min(axis=1).tolist(), y0.reshape(n, k).min(axis=1).tolist()
@@ -304,12 +305,8 @@ def frame_crops(image: np.ndarray, squares: list[Square], size: int) -> tuple[np
     rad = [math.radians(q.angle) for q in squares]
     c = np.array([math.cos(a) for a in rad])
     s = np.array([math.sin(a) for a in rad])
-    x0, y0, x1, y1 = _regions(image.shape, cx, cy, side, c, s)
-    mats = _crop_matrices(cx, cy, side, c, s)
-    inters = [int(min(max(round(v), size), _OVERSAMPLE * size)) for v in side.tolist()]
-    # `crop`'s warp for each square in its own region (crop units u -> pixel u * inter - 0.5)
-    warps = _crop_matrices(cx - x0, cy - y0, side, c, s) * np.array(inters)[:, None, None]
-    warps[:, :, 2] -= 0.5
+    inters = [_intermediate(v, size) for v in side.tolist()]
+    (x0, y0, x1, y1), mats, warps = _square_warps(image.shape, cx, cy, side, c, s, np.array(inters))
     raw = np.empty((n, size, size), np.uint8)
     for i, (inter, rx0, ry0, rx1, ry1) in enumerate(zip(inters, x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist())):
         grey = _grey_region(image, rx0, ry0, rx1, ry1)
@@ -321,6 +318,17 @@ def frame_crops(image: np.ndarray, squares: list[Square], size: int) -> tuple[np
                                  borderMode=cv2.BORDER_REPLICATE)
             cv2.resize(big, (size, size), dst=raw[i], interpolation=cv2.INTER_AREA)
     return raw.astype(np.float32), mats
+
+
+def _square_warps(shape: tuple[int, ...], cx, cy, side, c, s, inter: np.ndarray):
+    """For many squares (centres, sides, cosine and sine of their angles) and their warps'
+    intermediate sizes: their regions (`_regions`), full-frame crop matrices, and `crop`'s
+    warp of each square from its own region (crop units u -> pixel u * inter - 0.5)."""
+    x0, y0, x1, y1 = _regions(shape, cx, cy, side, c, s)
+    mats = _crop_matrices(cx, cy, side, c, s)
+    warps = _crop_matrices(cx - x0, cy - y0, side, c, s) * inter[:, None, None]
+    warps[:, :, 2] -= 0.5
+    return (x0, y0, x1, y1), mats, warps
 
 
 def _regions(shape: tuple[int, ...], cx, cy, side, c, s) -> tuple[np.ndarray, ...]:

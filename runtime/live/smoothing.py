@@ -147,24 +147,20 @@ class LabelSmoother:
     """
 
     def __init__(self, tau: float = 0.5, margin: float = 0.2):
-        self._heads = HeadsSmoother({"": 0}, tau, margin)
+        HeadsSmoother({}, tau, margin)  # checks tau and margin now, not at the first update
+        self.tau = tau
+        self.margin = margin
+        self._heads: HeadsSmoother | None = None  # made at the first update, when the classes are known
         self._p: np.ndarray | None = None
 
     @property
-    def tau(self) -> float:
-        return self._heads.tau
-
-    @property
-    def margin(self) -> float:
-        return self._heads.margin
-
-    @property
     def index(self) -> int | None:
-        return self._heads.index[""]
+        return None if self._heads is None else self._heads.index[""]
 
     def update(self, probabilities: np.ndarray, t_s: float) -> tuple[int, float]:
         p = np.asarray(probabilities, dtype=np.float64).ravel()
-        self._heads._slices[""] = (0, len(p))
+        if self._heads is None or self._p.shape != p.shape:
+            self._heads = HeadsSmoother({"": len(p)}, self.tau, self.margin)
         index, self._p = self._heads.update({"": p}, t_s)[""]
         return index, float(self._p[index])
 
