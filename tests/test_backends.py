@@ -144,6 +144,27 @@ def test_int8_with_float_io_is_the_int8_graph_with_quantization_inside(files, ba
             np.testing.assert_allclose(a[name], b[name], atol=1.01 * q.scale, err_msg=name)
 
 
+def test_a_tflite_file_that_answers_nan_is_refused_naming_the_head(files, batch, tmp_path):
+    """The TFLite backend checks finiteness once over all heads' answers (one buffer); the
+    error must still name the head that broke. The landmarks layer's bias is set to NaN."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(files["tflite-fp32"].read_bytes()))
+    g = model.subgraphs[0]
+    (landmarks,) = [o.tensorIndex for o in model.signatureDefs[0].outputs if o.name.decode() == "landmarks"]
+    (op,) = [op for op in g.operators if landmarks in list(op.outputs)]
+    bias = g.tensors[op.inputs[2]]
+    units = len(model.buffers[bias.buffer].data) // 4
+    model.buffers[bias.buffer].data = np.full(units, np.nan, np.float32).tobytes()
+    p = tmp_path / "nan.tflite"
+    p.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    b = load_backend(p)
+    with pytest.raises(ModelFileError, match=r"nan.tflite: output 'landmarks' is not finite"):
+        b.run(batch)
+    ok = load_backend(files["tflite-fp32"]).run(batch)  # the same file unbroken answers
+    assert all(np.isfinite(v).all() for v in ok.values())
+
+
 def test_wrong_input_shape_is_a_clear_error(files):
     b = load_backend(files["onnx-fp32"])
     with pytest.raises(ValueError, match=r"expected a batch of shape \(N, 40, 40, 1\)"):

@@ -183,7 +183,8 @@ def test_warm_start_copies_the_layers_a_smaller_pool_shares():
     teacher = build_model(default_spec(), width=8)  # flatten + Dense
     student = build_model(default_spec(), width=8, pool="gdc")
     before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in student.layers}
-    copied, kept = warm_start(student, teacher)
+    copied, pruned, kept = warm_start(student, teacher)
+    assert pruned == []
     assert {"stem_conv", "block1_dw", "block5_pw_bn", "landmarks", "pose"} <= set(copied)
     assert {"gdc_pw", "gdc_dw"} <= set(kept) and "features_dense" not in copied + kept
     for name in copied:
@@ -192,3 +193,39 @@ def test_warm_start_copies_the_layers_a_smaller_pool_shares():
     for name in kept:
         for a, b in zip(student.get_layer(name).get_weights(), before[name]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_warm_prune_starts_a_thinner_stem_and_first_block_from_the_strongest_channels():
+    """`--warm-prune`: a student with half the stem filters and a one-width first block gets
+    the teacher's channels with the largest batch-norm |gamma|, and the maps it computes on
+    those channels are the teacher's own (the stem's and the first depthwise layer's);
+    layers of unchanged shape after the pruned ones are plain copies."""
+    import keras
+
+    from facemtl.train.finetune import warm_start
+    from facemtl.train.model import build_model
+
+    keras.utils.set_random_seed(3)
+    teacher = build_model(default_spec(), width=8)
+    rng = np.random.default_rng(0)
+    for layer in teacher.layers:  # distinct scales, so the choice by |gamma| is a real one
+        if isinstance(layer, keras.layers.BatchNormalization):
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.normal(0, 1, g.shape).astype(np.float32), rng.normal(0, 0.3, b.shape).astype(np.float32),
+                               rng.normal(0, 0.3, m.shape).astype(np.float32), rng.uniform(0.5, 2, v.shape).astype(np.float32)])
+    student = build_model(default_spec(), width=8, stem=4, first_block=1, pool="gdc")
+    copied, pruned, kept = warm_start(student, teacher, prune=True)
+    assert {"stem_conv", "stem_bn", "block1_dw", "block1_dw_bn", "block1_pw", "block1_pw_bn", "block2_dw",
+            "block2_dw_bn", "block2_pw"} == set(pruned)
+    assert {"block2_pw_bn", "block3_dw", "block5_pw_bn"} <= set(copied) and {"gdc_pw", "gdc_dw"} <= set(kept)
+    stem_sel = np.sort(np.argsort(-np.abs(teacher.get_layer("stem_bn").get_weights()[0]))[:4])
+    x = rng.normal(0, 1, (3, 40, 40, 1)).astype(np.float32)
+    for name in ("stem_relu", "block1_dw_relu"):
+        t = np.asarray(keras.Model(teacher.input, teacher.get_layer(name).output)(x, training=False))
+        s = np.asarray(keras.Model(student.input, student.get_layer(name).output)(x, training=False))
+        np.testing.assert_allclose(s, t[..., stem_sel], atol=1e-5)
+    pw_sel = np.sort(np.argsort(-np.abs(teacher.get_layer("block1_pw_bn").get_weights()[0]))[:8])
+    np.testing.assert_array_equal(student.get_layer("block1_pw").get_weights()[0],
+                                  teacher.get_layer("block1_pw").get_weights()[0][:, :, stem_sel][..., pw_sel])
+    np.testing.assert_array_equal(student.get_layer("block2_dw").get_weights()[0],
+                                  teacher.get_layer("block2_dw").get_weights()[0][:, :, pw_sel])

@@ -144,6 +144,9 @@ def register_train(sub) -> None:
     p.add_argument("--warm-start", type=Path,
                    help="start every layer that has the same name and weight shapes in this model.keras from its "
                         "weights (e.g. a teacher's stem and blocks under a smaller --pool); the rest as new")
+    p.add_argument("--warm-prune", action="store_true", dest="warm_prune",
+                   help="with --warm-start, also start thinner layers (a smaller --stem or --first-block) from the "
+                        "model's channels with the largest batch-norm scale (structured pruning)")
     p.add_argument("--calibrate", default="haar", help="detectors to calibrate after training (comma list; '' for none)")
     p.set_defaults(func=_run_train)
 
@@ -170,6 +173,7 @@ def _run_train(args) -> int:
         limit=args.limit, teacher=str(args.teacher) if args.teacher else "", teacher_flip=args.teacher_flip,
         teacher_cache=str(args.teacher_cache) if args.teacher_cache else "", distill_weight=args.distill_weight,
         temperature=args.temperature, warm_start=str(args.warm_start) if args.warm_start else "",
+        warm_prune=args.warm_prune,
     )
     try:
         result = train(cfg)

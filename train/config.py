@@ -77,4 +77,5 @@ class TrainConfig:
     # a trained model.keras whose layers of the same name and shapes start this run's model
     # (e.g. the teacher's stem and blocks under a smaller pool); unlike `init`, the options here build the model
     warm_start: str = ""
+    warm_prune: bool = False               # --warm-start also into thinner layers, keeping the strongest channels
     verbose: int = 1

@@ -83,22 +83,73 @@ def rebuild_with(base, spec: ModelSpec):
     return model
 
 
-def warm_start(model, source) -> tuple[list[str], list[str]]:
+def warm_start(model, source, prune: bool = False) -> tuple[list[str], list[str], list[str]]:
     """Copy into `model` the weights of every layer of `source` with the same name and the
     same weight shapes (a teacher's stem and blocks into a student with a smaller pool, say);
-    every other layer keeps Keras's initialisers. Returns (copied, kept) layer names."""
+    every other layer keeps Keras's initialisers. Returns (copied, pruned, kept) layer names.
+
+    `prune`: a layer of the same name and kernel size but fewer channels than the source's
+    gets the source's weights for the channels kept (structured pruning): a convolution
+    keeps the output channels whose following batch norm has the largest |gamma| (the scale
+    by which a channel reaches the next layer: "network slimming", Liu et al., ICCV 2017),
+    and every later layer of the chain reads exactly those channels. This lets a trunk with
+    a thinner stem or first block start from a trained wider one (issue 20, run 61); it
+    assumes the chain of a plain trunk (each layer reads the one before it), as `mtfl` is."""
     known = {layer.name: layer for layer in source.layers}
-    copied, kept = [], []
+    copied, pruned, kept = [], [], []
+    sel = None  # source channels that the map flowing into the next layer holds (None: all of them)
     for layer in model.layers:
         if not layer.weights:
             continue
         other = known.get(layer.name)
-        if other is not None and [tuple(w.shape) for w in other.weights] == [tuple(w.shape) for w in layer.weights]:
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if other is not None and sel is None and [tuple(w.shape) for w in other.weights] == shapes:
             layer.set_weights(other.get_weights())
             copied.append(layer.name)
-        else:
+            continue
+        weights = _pruned_weights(layer, other, known, sel) if prune and other is not None else None
+        if weights is None:
             kept.append(layer.name)
-    return copied, kept
+            sel = None
+            continue
+        weights, sel = weights
+        layer.set_weights(weights)
+        pruned.append(layer.name)
+    return copied, pruned, kept
+
+
+def _pruned_weights(layer, other, known: dict, sel):
+    """(weights, channels out) of `other` cut to `layer`'s shapes, reading input channels
+    `sel` of `other`'s (None: all); None where the two do not differ in channels alone."""
+    import keras
+    import numpy as np
+
+    ws = [np.asarray(w) for w in other.get_weights()]
+    shapes = [tuple(w.shape) for w in layer.weights]
+    if type(layer) is not type(other) or len(ws) != len(shapes):
+        return None
+    if isinstance(layer, keras.layers.BatchNormalization):
+        out = [w if sel is None else w[sel] for w in ws]
+        return (out, sel) if [o.shape for o in out] == shapes else None
+    if isinstance(layer, keras.layers.DepthwiseConv2D):  # kernel (kh, kw, channels, 1)
+        out = [w if sel is None else w[:, :, sel] for w in ws[:1]] + [w if sel is None else w[sel] for w in ws[1:]]
+        return (out, sel) if [o.shape for o in out] == shapes else None
+    if isinstance(layer, keras.layers.Conv2D) and len(ws) == 1:  # kernel (kh, kw, in, out), no bias
+        k = ws[0] if sel is None else ws[0][:, :, sel]
+        n_out = shapes[0][3]
+        if k.shape[:3] != shapes[0][:3] or n_out > k.shape[3]:
+            return None
+        # the batch norm that follows it: "<name>_bn" ("block1_pw_bn"), or the stem's "stem_bn"
+        bn = known.get(f"{layer.name}_bn") or known.get(f"{layer.name.removesuffix('_conv')}_bn")
+        if n_out == k.shape[3]:
+            chosen = None
+        elif isinstance(bn, keras.layers.BatchNormalization):
+            gamma = np.abs(np.asarray(bn.gamma))
+            chosen = np.sort(np.argsort(-gamma, kind="stable")[:n_out])
+        else:
+            return None
+        return ([k if chosen is None else k[..., chosen]], chosen)
+    return None
 
 
 def freeze(model, spec: ModelSpec, mode: str, trained_heads: set[str]) -> list[str]:

@@ -245,18 +245,20 @@ def _build_for_multiworker(model, dataset) -> None:
     model.test_step = as_vectors(model.test_step)
 
 
-def warm_start_from(model, path: str) -> dict:
-    """Copy the layers of `path` (a model.keras) that `model` has by name and shapes."""
+def warm_start_from(model, path: str, prune: bool = False) -> dict:
+    """Copy the layers of `path` (a model.keras) that `model` has by name and shapes (with
+    `prune`, also those with fewer channels: `facemtl.train.finetune.warm_start`)."""
     from facemtl.train.finetune import warm_start
     from facemtl.train.model import load_model
 
     if not Path(path).exists():
         raise RunError(f"--warm-start {path}: no such file")
-    copied, kept = warm_start(model, load_model(path))
-    if not copied:
+    copied, pruned, kept = warm_start(model, load_model(path), prune=prune)
+    if not copied and not pruned:
         raise RunError(f"--warm-start {path}: no layer of the same name and shapes to copy")
-    log.info("warm start from %s: %d layers copied, %d initialised (%s)", path, len(copied), len(kept), ", ".join(kept))
-    return {"model": str(path), "copied": copied, "initialised": kept}
+    log.info("warm start from %s: %d layers copied, %d pruned, %d initialised (%s)", path, len(copied), len(pruned),
+             len(kept), ", ".join(kept))
+    return {"model": str(path), "copied": copied, **({"pruned": pruned} if prune else {}), "initialised": kept}
 
 
 def load_teacher(cfg: TrainConfig, tr, spec: ModelSpec):
@@ -352,6 +354,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     steps = math.ceil(len(tr) / batch)
     warm_info = {}
+    if cfg.warm_prune and not cfg.warm_start:
+        raise RunError("--warm-prune prunes the model of --warm-start: give it one")
     if cfg.warm_start and base is not None:
         raise RunError("--warm-start builds the model from the options here; --init keeps the file's: give one")
     with strategy.scope():
@@ -362,7 +366,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                                 depth=cfg.depth, first_block=cfg.first_block, head_hidden=cfg.head_hidden,
                                 stem=cfg.stem, features=cfg.features, pool=cfg.pool)
             if cfg.warm_start:
-                warm_info = warm_start_from(model, cfg.warm_start)
+                warm_info = warm_start_from(model, cfg.warm_start, cfg.warm_prune)
         frozen = freeze(model, spec, cfg.freeze, trained)
         if frozen:
             log.info("frozen: %d layers (%s)", len(frozen), ", ".join(frozen[:6]) + (", ..." if len(frozen) > 6 else ""))
