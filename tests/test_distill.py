@@ -168,12 +168,21 @@ def test_train_with_a_teacher_caches_its_targets_once(tiny_mtfl, tmp_path):
     stamp = cache.stat().st_mtime_ns
     # a second student reads the cache, it does not recompute it
     b = train(TrainConfig(data=tiny_mtfl, out=tmp_path / "runs" / "b", epochs=1, batch_size=32, width=8, verbose=0,
-                          limit=48, teacher=str(teacher)))
+                          limit=48, teachers=(str(teacher),)))
     assert b.model_path.exists() and cache.stat().st_mtime_ns == stamp
+    # two teachers: an ensemble, each cached apart (the first from the cache above), outputs averaged
+    second = tmp_path / "teacher2" / "model.keras"
+    save_model(build_model(default_spec(), width=6), second)
+    args_d = [a if a != str(tmp_path / "runs" / "a") else str(tmp_path / "runs" / "d") for a in args]
+    assert main(args_d + ["--teacher", str(second)]) == 0
+    ens = json.loads((tmp_path / "runs" / "d" / "train.json").read_text())["teacher"]
+    assert [e["model"] for e in ens["ensemble"]] == [str(teacher), str(second)]
+    assert ens["ensemble"][0]["cache"] == str(cache) and ens["ensemble"][0]["computed_seconds"] == 0.0
+    assert Path(ens["ensemble"][1]["cache"]).exists() and ens["faces"] == info["faces"]
     # a teacher that frames faces differently is refused, and says how to fix it
     with pytest.raises(ValueError, match="--crop-scale"):
         train(TrainConfig(data=tiny_mtfl, out=tmp_path / "runs" / "c", epochs=1, width=8, verbose=0, limit=48,
-                          teacher=str(teacher), crop_scale=4.0))
+                          teachers=(str(teacher),), crop_scale=4.0))
 
 
 def test_warm_start_copies_the_layers_a_smaller_pool_shares():
@@ -229,3 +238,21 @@ def test_warm_prune_starts_a_thinner_stem_and_first_block_from_the_strongest_cha
                                   teacher.get_layer("block1_pw").get_weights()[0][:, :, stem_sel][..., pw_sel])
     np.testing.assert_array_equal(student.get_layer("block2_dw").get_weights()[0],
                                   teacher.get_layer("block2_dw").get_weights()[0][:, :, pw_sel])
+
+
+def test_an_ensemble_teacher_is_the_mean_of_its_members():
+    from facemtl.train.distill import TeacherTargets, average
+
+    spec = default_spec()
+    rng = np.random.default_rng(0)
+    keys = ["a.jpg", "b.jpg", "c.jpg"]
+    members = [TeacherTargets(keys, rng.normal(size=(3, 5, 2)).astype(np.float32),
+                              {h.name: rng.normal(size=(3, h.units)).astype(np.float32) for h in spec.heads
+                               if h.name != "landmarks"}, spec) for _ in range(3)]
+    ens = average(members)
+    np.testing.assert_allclose(ens.points, (members[0].points + members[1].points + members[2].points) / 3, atol=1e-6)
+    np.testing.assert_allclose(ens.logits["pose"], np.mean([m.logits["pose"] for m in members], 0), atol=1e-6)
+    assert ens.keys == keys and ens.class_row(0, False).shape == members[0].class_row(0, False).shape
+    other = TeacherTargets(["a.jpg", "c.jpg", "b.jpg"], members[0].points, members[0].logits, spec)
+    with pytest.raises(ValueError, match="other faces"):
+        average([members[0], other])

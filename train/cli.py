@@ -130,9 +130,10 @@ def register_train(sub) -> None:
                    help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     p.add_argument("--monitor", default=d.monitor, help="validation metric that picks the best epoch (lower is better)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N faces of training.txt (smoke runs)")
-    p.add_argument("--teacher", type=Path,
+    p.add_argument("--teacher", type=Path, action="append", default=[], dest="teachers",
                    help="knowledge distillation: a trained model.keras whose outputs on the training faces every "
-                        "head also learns from (computed once, cached; docs/experiments.md, run 44)")
+                        "head also learns from (computed once, cached; docs/experiments.md, run 45); repeat it "
+                        "for an ensemble, whose outputs are averaged")
     p.add_argument("--teacher-cache", type=Path,
                    help="the teacher's outputs, cached (default: teachers/<teacher>-<sha>.npz beside --out)")
     p.add_argument("--no-teacher-flip", dest="teacher_flip", action="store_false",
@@ -170,7 +171,7 @@ def _run_train(args) -> int:
         monitor=args.monitor, landmark_loss=args.landmark_loss, label_smoothing=args.label_smoothing,
         smooth_to=args.smooth_to,
         balance=args.balance, pose_balance=args.pose_balance, crop=args.crop, crop_scale=args.crop_scale, input_size=args.input_size,
-        limit=args.limit, teacher=str(args.teacher) if args.teacher else "", teacher_flip=args.teacher_flip,
+        limit=args.limit, teachers=tuple(map(str, args.teachers)), teacher_flip=args.teacher_flip,
         teacher_cache=str(args.teacher_cache) if args.teacher_cache else "", distill_weight=args.distill_weight,
         temperature=args.temperature, warm_start=str(args.warm_start) if args.warm_start else "",
         warm_prune=args.warm_prune,

@@ -67,11 +67,12 @@ class TrainConfig:
     freeze: str = "none"                   # "trunk": train only the heads
     add_heads: tuple[str, ...] = ()        # NAME:classification:LABEL1,LABEL2, added to the spec
     detector: str = "yunet"                # frames training faces that have no landmarks
-    # knowledge distillation (facemtl.train.distill): a trained model.keras whose outputs on the
-    # training faces (computed once, cached in teacher_cache) every head also learns from
-    teacher: str = ""
+    # knowledge distillation (facemtl.train.distill): trained model.keras files whose outputs on the
+    # training faces (computed once each, cached) every head also learns from; several: their
+    # outputs averaged (an ensemble teacher)
+    teachers: tuple[str, ...] = ()
     teacher_flip: bool = True              # the teacher's outputs flip-averaged (computed once, so cheap)
-    teacher_cache: str = ""                # cache file (default: OUT/../teachers/<teacher>-<sha>.npz)
+    teacher_cache: str = ""                # cache file of a single teacher (default: OUT/../teachers/<teacher>-<sha>.npz)
     distill_weight: float = 0.5            # each head's loss: (1 - w) x labels + w x teacher (DistillLoss)
     temperature: float = 2.0               # softens both models' class probabilities in the teacher's term
     # a trained model.keras whose layers of the same name and shapes start this run's model

@@ -1,7 +1,8 @@
 """Knowledge distillation: a teacher's outputs on the training faces, computed once and cached.
 
 `facemtl train --teacher MODEL` trains the model on each head's labels and on the teacher's
-outputs for the same faces (`facemtl.train.heads.DistillLoss`).
+outputs for the same faces (`facemtl.train.heads.DistillLoss`). `--teacher` given several
+times makes an ensemble teacher: each model's outputs are cached apart and averaged (`average`).
 
 The teacher runs once, on each training face's un-augmented crop (exactly the runtime's
 crop), not on every augmented crop of every epoch. Its outputs then travel through each
@@ -190,3 +191,16 @@ def teacher_targets(teacher: Path, data, student: ModelSpec, cache: Path, flip: 
     targets.save(Path(cache))
     log.info("teacher targets for %d faces in %.0f s, cached in %s", len(targets), targets.seconds, cache)
     return targets.for_spec(student)
+
+
+def average(targets: list[TeacherTargets]) -> TeacherTargets:
+    """An ensemble teacher: the mean of several teachers' outputs for the same faces, landmarks
+    in image pixels and raw class logits alike (as `bench/ensemble.py` scores an ensemble)."""
+    first = targets[0]
+    for t in targets[1:]:
+        if t.keys != first.keys or set(t.logits) != set(first.logits):
+            raise ValueError("the teachers' targets are for other faces or heads; they cannot be averaged")
+    points = np.mean([t.points for t in targets], axis=0).astype(np.float32)
+    logits = {k: np.mean([t.logits[k] for t in targets], axis=0).astype(np.float32) for k in first.logits}
+    return TeacherTargets(first.keys, points, logits, first.spec, sum(t.seconds for t in targets),
+                          {"ensemble": [t.meta for t in targets]})

@@ -263,24 +263,31 @@ def warm_start_from(model, path: str, prune: bool = False) -> dict:
 
 def load_teacher(cfg: TrainConfig, tr, spec: ModelSpec):
     """(the teacher's targets for the training faces `tr`, what train.json records of them):
-    read from the cache or computed once and cached (facemtl.train.distill)."""
-    from facemtl.train.distill import cache_path, teacher_targets
+    read from the cache or computed once and cached (facemtl.train.distill). Several teachers:
+    each one's outputs cached apart, then averaged (`facemtl.train.distill.average`)."""
+    from facemtl.train.distill import average, cache_path, teacher_targets
 
     if not 0.0 <= cfg.distill_weight <= 1.0:
         raise RunError(f"--distill-weight must be in 0..1, got {cfg.distill_weight}")
     if cfg.temperature <= 0:
         raise RunError(f"--temperature must be > 0, got {cfg.temperature}")
-    teacher = Path(cfg.teacher)
-    if not teacher.exists():
-        raise RunError(f"--teacher {teacher}: no such file")
-    cache = Path(cfg.teacher_cache) if cfg.teacher_cache else cache_path(teacher, Path(cfg.out), cfg.teacher_flip)
-    started = time.time()
-    targets = teacher_targets(teacher, tr, spec, cache, flip=cfg.teacher_flip)
-    info = {"model": str(teacher), "cache": str(cache), "flip_average": cfg.teacher_flip, "faces": len(targets),
-            "computed_seconds": round(targets.seconds, 1), "seconds_this_session": round(time.time() - started, 1),
-            "sha256": targets.meta.get("sha256", ""), "distill_weight": cfg.distill_weight,
-            "temperature": cfg.temperature}
-    return targets, info
+    if cfg.teacher_cache and len(cfg.teachers) > 1:
+        raise RunError("--teacher-cache names one teacher's cache; several teachers each use their own default")
+    found, infos = [], []
+    for teacher in map(Path, cfg.teachers):
+        if not teacher.exists():
+            raise RunError(f"--teacher {teacher}: no such file")
+        cache = Path(cfg.teacher_cache) if cfg.teacher_cache else cache_path(teacher, Path(cfg.out), cfg.teacher_flip)
+        started = time.time()
+        targets = teacher_targets(teacher, tr, spec, cache, flip=cfg.teacher_flip)
+        found.append(targets)
+        infos.append({"model": str(teacher), "cache": str(cache), "flip_average": cfg.teacher_flip,
+                      "faces": len(targets), "computed_seconds": round(targets.seconds, 1),
+                      "seconds_this_session": round(time.time() - started, 1), "sha256": targets.meta.get("sha256", "")})
+    common = {"distill_weight": cfg.distill_weight, "temperature": cfg.temperature}
+    if len(found) == 1:
+        return found[0], {**infos[0], **common}
+    return average(found), {"ensemble": infos, "faces": len(found[0]), "flip_average": cfg.teacher_flip, **common}
 
 
 def _best_so_far(history: Path, monitor: str) -> tuple[float, int]:
@@ -341,7 +348,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     pose = tr.faces.labels.get("pose", np.full(len(tr), MISSING, np.int32))
     draw_weights = draw_weights_for(sources, cfg, pose)
     teacher, teacher_info = None, {}
-    if cfg.teacher:
+    if cfg.teachers:
         teacher, teacher_info = load_teacher(cfg, tr, spec)
     train_source = FaceSource(tr, spec, Augment(erase=cfg.erase) if cfg.augment else Augment.none(), cfg.seed,
                               teacher=teacher)
