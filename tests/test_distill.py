@@ -256,3 +256,15 @@ def test_an_ensemble_teacher_is_the_mean_of_its_members():
     other = TeacherTargets(["a.jpg", "c.jpg", "b.jpg"], members[0].points, members[0].logits, spec)
     with pytest.raises(ValueError, match="other faces"):
         average([members[0], other])
+
+
+def test_warm_start_option_conflicts_are_refused_before_the_run_folder_is_made(tmp_path):
+    from facemtl.train.config import TrainConfig
+    from facemtl.train.fit import RunError, train
+
+    for opts, message in (({"warm_prune": True}, "--warm-prune"),
+                          ({"warm_start": "a/model.keras", "init": "b/model.keras"}, "--init keeps")):
+        out = tmp_path / "run"
+        with pytest.raises(RunError, match=message):
+            train(TrainConfig(data=tmp_path / "nowhere", out=out, **opts))
+        assert not out.exists()

@@ -132,7 +132,7 @@ def _pruned_weights(layer, other, known: dict, sel):
         out = [w if sel is None else w[sel] for w in ws]
         return (out, sel) if [o.shape for o in out] == shapes else None
     if isinstance(layer, keras.layers.DepthwiseConv2D):  # kernel (kh, kw, channels, 1)
-        out = [w if sel is None else w[:, :, sel] for w in ws[:1]] + [w if sel is None else w[sel] for w in ws[1:]]
+        out = [ws[0] if sel is None else ws[0][:, :, sel]] + [w if sel is None else w[sel] for w in ws[1:]]
         return (out, sel) if [o.shape for o in out] == shapes else None
     if isinstance(layer, keras.layers.Conv2D) and len(ws) == 1:  # kernel (kh, kw, in, out), no bias
         k = ws[0] if sel is None else ws[0][:, :, sel]

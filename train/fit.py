@@ -317,6 +317,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     started = time.time()
     out = Path(cfg.out)
     backup = out / "backup"
+    # option conflicts, before the run folder, the data or any teacher is touched
+    if cfg.warm_prune and not cfg.warm_start:
+        raise RunError("--warm-prune prunes the model of --warm-start: give it one")
+    if cfg.warm_start and cfg.init:
+        raise RunError("--warm-start builds the model from the options here; --init keeps the file's: give one")
     if out.exists() and any(out.iterdir()) and not cfg.resume:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.resume and not backup.exists():
@@ -361,10 +366,6 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     steps = math.ceil(len(tr) / batch)
     warm_info = {}
-    if cfg.warm_prune and not cfg.warm_start:
-        raise RunError("--warm-prune prunes the model of --warm-start: give it one")
-    if cfg.warm_start and base is not None:
-        raise RunError("--warm-start builds the model from the options here; --init keeps the file's: give one")
     with strategy.scope():
         if base is not None:
             model = rebuild_with(base, spec)
