@@ -59,6 +59,7 @@ ISSUE20_WARM = [
     ("mtfl", 32, 5, 1, 32, 128, "gdc"),
     ("mtfl", 32, 5, 2, 16, 128, "gdc"),
     ("mtfl", 32, 5, 1, 16, 128, "gdc"),
+    ("mtfl", 32, 5, 1, 24, 256, "gdc"),
     ("mtfl", 24, 5, 1, 24, 128, "gdc"),
 ]
 SETS = {"trunks": CANDIDATES, "issue20": ISSUE20, "issue20-warm": ISSUE20_WARM}
