@@ -8,6 +8,7 @@ that changes speed mid-run moves every candidate alike.
     python bench/trunks.py [--runs 2000] [--json bench/trunks.json]
     python bench/trunks.py --set issue20 --json bench/trunks_issue20.json
     python bench/trunks.py --set issue20-warm --json bench/trunks_issue20_warm.json
+    python bench/trunks.py --set issue20-fine --json bench/trunks_issue20_fine.json
 """
 
 from __future__ import annotations
@@ -62,7 +63,15 @@ ISSUE20_WARM = [
     ("mtfl", 32, 5, 1, 24, 256, "gdc"),
     ("mtfl", 24, 5, 1, 24, 128, "gdc"),
 ]
-SETS = {"trunks": CANDIDATES, "issue20": ISSUE20, "issue20-warm": ISSUE20_WARM}
+# issue 20, stop 20: run 63's shape against a GDC over the 10x10 map as well (--pool gdc-fine:
+# 64 of the features from the 10x10 map, the rest from the 5x5 one)
+ISSUE20_FINE = [
+    ("mtfl", 32, 5, 1, 16, 256, "gdc"),
+    ("mtfl", 32, 5, 1, 16, 256, "gdc-fine"),
+    ("mtfl", 32, 5, 1, 16, 288, "gdc-fine"),
+    ("mtfl", 32, 5, 1, 16, 320, "gdc-fine"),
+]
+SETS = {"trunks": CANDIDATES, "issue20": ISSUE20, "issue20-warm": ISSUE20_WARM, "issue20-fine": ISSUE20_FINE}
 
 
 def tflite_bytes(model, int8: bool) -> bytes:
@@ -103,14 +112,14 @@ def main() -> int:
         for kind in ("fp32", "int8"):
             contents.append(tflite_bytes(model, kind == "int8"))
     timings = iter(zip(contents, tflite_invoke_ms(contents, args.runs)))
-    print(f"{'trunk':<10}{'width':>6}{'depth':>6}{'first':>6}{'stem':>6}{'feat':>6}{'pool':>8}{'params':>10}{'fp32 KB':>9}"
+    print(f"{'trunk':<10}{'width':>6}{'depth':>6}{'first':>6}{'stem':>6}{'feat':>6}{'pool':>10}{'params':>10}{'fp32 KB':>9}"
           f"{'fp32 ms':>9}{'int8 KB':>9}{'int8 ms':>9}  (median, batch 1, 1 thread, interleaved)")
     for row in rows:
         for kind in ("fp32", "int8"):
             content, (med, p95) = next(timings)
             row[kind] = {"bytes": len(content), "median_ms": round(med, 4), "p95_ms": round(p95, 4)}
         print(f"{row['trunk']:<10}{row['width'] or '-':>6}{row['depth'] or '-':>6}{row['first_block'] or '-':>6}"
-              f"{row['stem'] or '-':>6}{row['features']:>6}{row['pool']:>8}{row['params']:>10}"
+              f"{row['stem'] or '-':>6}{row['features']:>6}{row['pool']:>10}{row['params']:>10}"
               f"{row['fp32']['bytes'] / 1024:>9.0f}{row['fp32']['median_ms']:>9.3f}"
               f"{row['int8']['bytes'] / 1024:>9.0f}{row['int8']['median_ms']:>9.3f}")
     if args.json:

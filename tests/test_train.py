@@ -47,6 +47,27 @@ def test_trunk_depth_drops_the_last_blocks_and_round_trips():
         build_model(default_spec(), width=8, depth=7)
 
 
+
+def test_gdc_fine_reads_the_10x10_map_and_counts_its_channels_in_features():
+    model = build_model(default_spec(), width=8, pool="gdc-fine", features=40)
+    # the fine branch reads block 3's output (10x10, 2 widths), the input of the last stride-2 block
+    assert model.get_layer("fine_dw2").input.shape[1:] == (10, 10, 16)
+    assert model.get_layer("gdc_pw").filters == 40 - 16
+    assert model.get_layer("features").output.shape[-1] == 40
+    again = FaceMTL.from_config(model.get_config())
+    assert again.get_config()["pool"] == "gdc-fine" and again.count_params() == model.count_params()
+    # what the fine features see: a change confined to one 4x4 input patch reaches them only
+    # through the 10x10 map, and moves them
+    probe = keras.Model(model.input, model.get_layer("fine_act").output)
+    x = np.zeros((2, 40, 40, 1), np.float32)
+    x[1, 8:12, 8:12] = 1.0
+    out = np.asarray(probe(x, training=False))
+    assert not np.allclose(out[0], out[1])
+    with pytest.raises(ValueError, match="must exceed the fine map's 16 channels"):
+        build_model(default_spec(), width=8, pool="gdc-fine", features=16)
+    with pytest.raises(ValueError, match="needs a stride-2 block"):
+        build_model(default_spec(), width=8, pool="gdc-fine", depth=1)
+
 def test_stem_first_block_features_and_head_hidden_options_round_trip():
     narrow = build_model(default_spec(), width=8, first_block=1)
     wide = build_model(default_spec(), width=8)  # the default: two widths

@@ -55,7 +55,7 @@ def _quiet_tensorflow() -> None:
 
 
 def register_train(sub) -> None:
-    from facemtl.train.config import SMOOTH_TO, TrainConfig
+    from facemtl.train.config import POOLS, SMOOTH_TO, TrainConfig
 
     d = TrainConfig(data=Path("."), out=Path("."))
     p = sub.add_parser("train", help="train the multi-task model on MTFL or your own data",
@@ -90,9 +90,10 @@ def register_train(sub) -> None:
     p.add_argument("--stem", type=int, default=d.stem, help="filters of the stem convolution (mtfl; default: --width)")
     p.add_argument("--features", type=int, default=d.features,
                    help="units of the shared feature layer every head reads (mtfl; default 256)")
-    p.add_argument("--pool", choices=("flatten", "gdc", "bottleneck"), default=d.pool,
+    p.add_argument("--pool", choices=POOLS, default=d.pool,
                    help="the last 5x5 map -> the feature vector: flatten + a Dense layer (default); gdc, a "
-                        "global depthwise convolution (about 1/10 of the parameters); bottleneck, 16 channels "
+                        "global depthwise convolution (about 1/10 of the parameters); gdc-fine, gdc plus one "
+                        "over the 10x10 map, its channels counted in --features; bottleneck, 16 channels "
                         "kept before the flatten (mtfl)")
     p.add_argument("--head-hidden", type=int, default=d.head_hidden,
                    help="a hidden layer of N units (ReLU6) in each classification head (0: linear heads)")

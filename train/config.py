@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_TRUNK = "mtfl"
+POOLS = ("flatten", "gdc", "gdc-fine", "bottleneck")  # how the mtfl trunk's last map becomes features
 SMOOTH_TO = ("uniform", "prior")  # where label smoothing spreads its mass (facemtl.train.heads.ClassificationHead)
 
 
@@ -25,7 +26,7 @@ class TrainConfig:
     first_block: int = 2                   # filters of the first separable block, as a multiple of width
     stem: int = 0                          # filters of the stem convolution (0: width)
     features: int = 256                    # units of the shared feature layer (mtfl)
-    pool: str = "flatten"                  # the last map -> features: "flatten" + Dense, or "gdc" (mtfl)
+    pool: str = "flatten"                  # the last map -> features: "flatten" + Dense, "gdc", ... (POOLS, mtfl)
     head_hidden: int = 0                   # a hidden layer of this many units in each classification head
     # Polyak averaging of the weights (Keras's optimizer EMA): validation, the best checkpoint
     # and the exported model use the averaged weights. 0 turns it off.

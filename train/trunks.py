@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from facemtl.train.config import DEFAULT_TRUNK  # noqa: F401  (re-exported)
+from facemtl.train.config import DEFAULT_TRUNK, POOLS  # noqa: F401  (re-exported)
 
 
 @keras.saving.register_keras_serializable("facemtl")
@@ -73,7 +73,6 @@ def _separable(x, filters: int, stride: int, name: str, activation: str):
 _MTFL_BLOCKS = ((2, 1), (2, 2), (2, 1), (4, 2), (4, 1), (4, 1))
 
 
-POOLS = ("flatten", "gdc", "bottleneck")
 BOTTLENECK = 16  # channels of the last map kept by pool="bottleneck"
 
 
@@ -99,6 +98,10 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     twentieth of the parameters of "flatten" (issue 20). "bottleneck": a 1x1 convolution
     to 16 channels first, then flattened (5x5x16 = 400 values) and the Dense feature layer:
     every position is kept, only the channels are compressed (a low-rank form of "flatten").
+    "gdc-fine": "gdc", plus a global depthwise convolution over the last 10x10 map (the input
+    of the last stride-2 block), whose channels join the features (`features` counts both,
+    so the 5x5 GDC keeps the rest): a weight per position at twice the resolution, for the
+    landmarks, at a 1x1 convolution's fraction of the cost (issue 20, run 66).
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -111,17 +114,36 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     if first_block < 1:
         raise ValueError(f"first_block must be >= 1, got {first_block}")
     blocks = ((first_block, _MTFL_BLOCKS[0][1]),) + _MTFL_BLOCKS[1:depth]
+    fine = None  # the input of the last stride-2 block
     for i, (mult, stride) in enumerate(blocks, 1):
+        if stride == 2:
+            fine = x
         x = _separable(x, mult * width, stride, f"block{i}", activation)
     if features < 1:
         raise ValueError(f"features must be >= 1, got {features}")
-    if pool == "gdc":
-        x = layers.Conv2D(features, 1, use_bias=False, name="gdc_pw")(x)
+    if pool in ("gdc", "gdc-fine"):
+        coarse = features
+        if pool == "gdc-fine":
+            if fine is None or fine.shape[1] == x.shape[1]:
+                raise ValueError("pool gdc-fine needs a stride-2 block after the stem (depth >= 2)")
+            coarse = features - fine.shape[-1]
+            if coarse < 1:
+                raise ValueError(f"pool gdc-fine: features must exceed the fine map's {fine.shape[-1]} channels, got {features}")
+        x = layers.Conv2D(coarse, 1, use_bias=False, name="gdc_pw")(x)
         x = layers.BatchNormalization(name="gdc_pw_bn")(x)
         x = _act(x, activation, "gdc_pw_relu")
         x = layers.DepthwiseConv2D(x.shape[1], padding="valid", use_bias=False, name="gdc_dw")(x)  # 5x5 -> 1x1
         x = layers.BatchNormalization(name="features_bn")(x)
         x = _act(x, activation, "features_act")
+        if pool == "gdc-fine":
+            # One 10x10 depthwise kernel would be the exact form, but LiteRT's XNNPACK runs it 30% slower
+            # than the whole rest of the trunk (`bench/trunks.py --set issue20-fine`); a 2x2 kernel of
+            # stride 2 then a 5x5 one (a factorised 10x10 weight per channel) costs nothing measurable.
+            f = layers.DepthwiseConv2D(2, strides=2, padding="valid", use_bias=False, name="fine_dw2")(fine)  # 10x10 -> 5x5
+            f = layers.DepthwiseConv2D(f.shape[1], padding="valid", use_bias=False, name="fine_dw")(f)  # 5x5 -> 1x1
+            f = layers.BatchNormalization(name="fine_bn")(f)
+            f = _act(f, activation, "fine_act")
+            x = layers.Concatenate(name="features_cat")([x, f])
         x = layers.Flatten(name="features")(x)
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
