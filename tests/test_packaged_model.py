@@ -66,3 +66,23 @@ def test_packaged_model_landmarks_land_on_the_faces(crops_and_truth):
     img_pts = np.stack([to_image(p, m) for p, m in zip(pts, mats)])
     nme = nme_per_face(img_pts, data.annotations.points)
     assert np.median(nme) < 7.0 and nme.mean() < 8.0
+
+
+def test_packaged_default_is_the_small_model_and_its_teacher_ships():
+    """Issue 20's size floor on the file users get, and the default's recipe reproducible from
+    the repository: the teacher and warm start its train.json names is the shipped
+    models/teacher/model.keras, byte for byte (the digest distillation recorded)."""
+    import hashlib
+    import json
+
+    assert (PACKAGED / "facemtl_int8.tflite").stat().st_size <= 150_000
+    train = json.loads((ROOT / "models" / "default" / "train.json").read_text())
+    teacher = ROOT / train["teacher"]["model"]
+    assert teacher == ROOT / "models" / "teacher" / "model.keras"
+    assert hashlib.sha256(teacher.read_bytes()).hexdigest()[:16] == train["teacher"]["sha256"]
+    assert ROOT / train["warm_start"]["model"] == teacher
+    config = json.loads((ROOT / "models" / "default" / "config.json").read_text())
+    # the options README's "Train, convert, ship" gives for the shipped model
+    assert {k: config[k] for k in ("pool", "features", "first_block", "stem", "dropout", "epochs", "seed")} == {
+        "pool": "gdc", "features": 256, "first_block": 1, "stem": 16, "dropout": 0.0, "epochs": 120, "seed": 2}
+    assert config["teachers"] == [str(teacher.relative_to(ROOT))] and config["warm_prune"] is True
