@@ -47,7 +47,6 @@ def test_trunk_depth_drops_the_last_blocks_and_round_trips():
         build_model(default_spec(), width=8, depth=7)
 
 
-
 def test_gdc_fine_reads_the_10x10_map_and_counts_its_channels_in_features():
     model = build_model(default_spec(), width=8, pool="gdc-fine", features=40)
     # the fine branch reads block 3's output (10x10, 2 widths), the input of the last stride-2 block
@@ -67,6 +66,7 @@ def test_gdc_fine_reads_the_10x10_map_and_counts_its_channels_in_features():
         build_model(default_spec(), width=8, pool="gdc-fine", features=16)
     with pytest.raises(ValueError, match="needs a stride-2 block"):
         build_model(default_spec(), width=8, pool="gdc-fine", depth=1)
+
 
 def test_stem_first_block_features_and_head_hidden_options_round_trip():
     narrow = build_model(default_spec(), width=8, first_block=1)

@@ -101,7 +101,9 @@ def mtfl(x, width: int = 32, dropout: float = 0.2, activation: str = "relu6", de
     "gdc-fine": "gdc", plus a global depthwise convolution over the last 10x10 map (the input
     of the last stride-2 block), whose channels join the features (`features` counts both,
     so the 5x5 GDC keeps the rest): a weight per position at twice the resolution, for the
-    landmarks, at a 1x1 convolution's fraction of the cost (issue 20, run 66).
+    landmarks, at a 1x1 convolution's fraction of the cost; it did not move the landmarks on
+    validation (docs/experiments.md, run 66). The shipped model (run 67) is "gdc" with a 16-filter
+    stem, a one-width first block and no dropout; these defaults are its teacher's (run 23).
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
